@@ -1,0 +1,21 @@
+"""Scheme ``none``: full precision, the baseline every sweep compares against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..registry import LayerContext, Scheme, register_scheme
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoneOptions:
+    """The ``none`` scheme takes no options."""
+
+
+def _build(module: nn.Module, context: LayerContext, options: NoneOptions) -> None:
+    return None
+
+
+SCHEME = register_scheme(Scheme("none", "full precision (no quantization)", NoneOptions, _build))
