@@ -139,3 +139,24 @@ def test_scheme_options_validated() -> None:
         get_scheme("ternary").make_options({"act_bits": 99})
     with pytest.raises(ValueError, match="block_size"):
         get_scheme("hadamard").make_options({"block_size": 24})
+
+
+def test_layer_context_marks_the_models_first_and_last_layers() -> None:
+    from trainables.quant import LayerContext, Scheme, register_scheme
+    from trainables.quant.registry import _SCHEMES
+    from trainables.quant.schemes.none import NoneOptions
+
+    seen: list[LayerContext] = []
+    scheme = Scheme("spy", "records contexts", NoneOptions, lambda m, c, o: seen.append(c))
+    register_scheme(scheme)
+    try:
+        prepare(TinyNet(), "spy")
+        assert [(c.name, c.is_first, c.is_last) for c in seen] == [
+            ("body.0", True, False),
+            ("body.2", False, False),
+        ]
+        seen.clear()
+        prepare(TinyNet(), "spy", keep_head=False)
+        assert [(c.name, c.is_last) for c in seen][-1] == ("head", True)
+    finally:
+        del _SCHEMES["spy"]

@@ -14,8 +14,9 @@ from torch import nn
 class LayerContext:
     """Where a layer sits among the layers a swap pass quantizes (for first/last-layer policies).
 
-    ``is_first`` / ``is_last`` mark the first and last quantizable layers of the whole model in
-    module order; layers added later to a grown model (``apply_recipe``) are neither.
+    ``is_first`` / ``is_last`` mark the first and last Linear/Conv2d layers of the whole model in
+    module order (the last is the head, which ``prepare`` only quantizes with ``keep_head=False``);
+    layers added later to a grown model (``apply_recipe``) are neither.
     """
 
     name: str

@@ -91,8 +91,9 @@ def prepare(
     chosen = [
         (name, m) for name, m in candidates if name not in excluded and not _matches(name, exclude)
     ]
-    for index, (name, module) in enumerate(chosen):
-        context = LayerContext(name, is_first=index == 0, is_last=index == len(chosen) - 1)
+    first, last = candidates[0][0] if candidates else "", candidates[-1][0] if candidates else ""
+    for name, module in chosen:
+        context = LayerContext(name, is_first=name == first, is_last=name == last)
         new = spec.build(module, context, opts)
         if new is not None:
             model = _replace(model, name, new)
