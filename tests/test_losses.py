@@ -44,3 +44,21 @@ def test_descent_on_mse_reduces_it() -> None:
         quantization_mse(model).backward()
         opt.step()
     assert quantization_mse(model).item() < 0.5 * start
+
+
+def test_recorded_errors_equal_direct_computation_and_are_cleared() -> None:
+    from trainables.quant import record_quant_errors
+
+    model = prepare(
+        nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 2)), "ternary"
+    )
+    record_quant_errors(model)
+    model(torch.randn(3, 16))
+    recorded = quantization_mse(model, recorded=True)
+    torch.testing.assert_close(recorded, quantization_mse(model))
+    recorded.backward()
+    assert model[0].weight.grad is not None
+    assert quantization_mse(model, recorded=True).item() == 0.0  # cleared: nothing recorded since
+    record_quant_errors(model, enabled=False)
+    model(torch.randn(3, 16))
+    assert model[0].recorded_quant_error is None

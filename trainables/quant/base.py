@@ -18,6 +18,10 @@ class QuantLayer(nn.Module):
     scheme_name: str = "base"
     quant_lambda: float = 1.0
     eval_lambda: float | None = 1.0
+    # When True, forward records the weight quantization error (with autograd) in
+    # ``recorded_quant_error``: under FSDP2 the weights are only whole inside forward.
+    record_quant_error: bool = False
+    recorded_quant_error: Tensor | None = None
 
     def set_quant_lambda(self, lam: float) -> None:
         """Set the training blend factor, validated to lie in [0, 1]."""

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .base import QuantLayer
 from .hadamard import DENSE_MAX, fwht, hadamard_block_size, hadamard_matrix, hadamard_transform
+from .packing import packed_length
 from .quantizers import (
     DEFAULT_EPS,
     activation_quantize_values,
@@ -90,6 +91,8 @@ class BitLinear(QuantLayer, nn.Linear):
         lam = self.effective_lambda()
         if lam == 0.0:
             return F.linear(x, self.weight, self.bias)
+        if self.record_quant_error:
+            self.recorded_quant_error = self.quantization_error()
         with torch.no_grad():
             w_q = ternary_dequantize(self.weight, self.eps)  # [out, in]
         w = blend(self.weight, w_q, lam)
@@ -100,6 +103,10 @@ class BitLinear(QuantLayer, nn.Linear):
     def quantization_error(self) -> Tensor:
         """``mean((W - W_q)^2)`` with gradient to ``W`` (the ``lambda_q`` term of BitSkip)."""
         return (self.weight - ternary_dequantize(self.weight, self.eps)).pow(2).mean()
+
+    def storage_bits(self) -> int:
+        """Bits a packed checkpoint stores for the weight: base-3 codes (1.6 bits) + the scale."""
+        return 8 * packed_length(self.weight.numel(), "base3") + 32
 
     def to_float(self) -> nn.Linear:
         """A plain ``nn.Linear`` computing what this layer does at lam = 0 (without input_norm)."""

@@ -1,5 +1,5 @@
 """Built-in quantization schemes; importing a module registers its scheme."""
 
-from . import hadamard, none, ternary
+from . import adaptive, hadamard, lsq, none, ternary
 
-__all__ = ["hadamard", "none", "ternary"]
+__all__ = ["adaptive", "hadamard", "lsq", "none", "ternary"]
