@@ -10,6 +10,7 @@ from .bin_reg import (
     ActivationCapture,
     BinRegConfig,
     activation_bin_regularization,
+    bin_reg_loss,
     bin_reg_terms,
     bin_regularization,
     br_active,
@@ -55,7 +56,13 @@ from .schedule import (
     quant_layers,
     set_quant_lambda,
 )
-from .step_size import alpha_frozen, freeze_alpha, step_size_parameters, unfreeze_alpha
+from .step_size import (
+    alpha_frozen,
+    freeze_alpha,
+    initialize_step_sizes,
+    step_size_parameters,
+    unfreeze_alpha,
+)
 from .swap import QuantRecipe, apply_recipe, convert, dequantize, prepare, quant_recipe
 
 __all__ = [
@@ -89,6 +96,7 @@ __all__ = [
     "apply_lambda_schedule",
     "apply_recipe",
     "available_schemes",
+    "bin_reg_loss",
     "bin_reg_terms",
     "bin_regularization",
     "blend",
@@ -105,6 +113,7 @@ __all__ = [
     "hadamard_block_size",
     "hadamard_matrix",
     "hadamard_transform",
+    "initialize_step_sizes",
     "load_packed_checkpoint",
     "load_packed_into",
     "lsq_grad_scale",

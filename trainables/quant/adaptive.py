@@ -156,10 +156,19 @@ class AdaptiveBitLinear(QuantLayer, nn.Linear):
         numel = self.weight.numel() + (0 if self.bias is None else self.bias.numel())
         return self.rounded_bits() * numel
 
+    def storage_bits(self) -> int:
+        """Bits a deployed weight needs: the rounded bit-width per code plus the fp32 scale.
+
+        (``bit_usage()`` is the training penalty and, as seed 000 does, also counts the bias.)
+        """
+        return self.bits * self.weight.numel() + 32
+
     def forward(self, x: Tensor) -> Tensor:  # x: [..., in] -> [..., out]
         lam = self.effective_lambda()
         if lam == 0.0:
             return F.linear(x, self.weight, self.bias)
+        if self.record_quant_error:  # see losses.record_quant_errors (FSDP2: weights whole here)
+            self.recorded_quant_error = self.quantization_error()
         bits = self.sampled_bits() if self.training else self.rounded_bits()
         w = self.weight
         w = w + lam * (absmax_fake_quantize(w, bits, eps=self.eps) - w)  # [out, in]

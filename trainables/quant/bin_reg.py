@@ -100,10 +100,13 @@ class ActivationCapture:
     its autograd graph. Call :meth:`clear` once per training step, before the forward::
 
         with ActivationCapture(model, enabled=config.lambda_br_act > 0) as capture:
-            for batch in loader:
+            for step, batch in enumerate(loader):
                 capture.clear()
                 logits = model(batch)
-                loss = ce(logits) + sum(bin_reg_terms(model, config, capture).values())
+                loss = ce(logits)
+                if br_active(step, total_steps, config.br_warmup_frac):
+                    terms = bin_reg_terms(model, config, capture)
+                    loss = loss + (bin_reg_loss(terms, config) or 0.0)
     """
 
     def __init__(self, model: nn.Module, *, enabled: bool = True) -> None:
@@ -159,7 +162,9 @@ def activation_bin_regularization(
 
     The gradient reaches the activations (hence the layers that produced them) and, only with
     ``backprop_to_alpha`` (``br_backprop_to_alpha_act``), the activation step sizes (seed 002: the
-    levels would otherwise chase a batch-dependent target). 0 when nothing was captured.
+    levels would otherwise chase a batch-dependent target). The flag concerns the levels of the
+    regularized activations; step sizes of earlier layers, which helped compute those activations,
+    receive the gradient through the forward graph as from any loss. 0 when nothing was captured.
     """
     terms = [
         bin_regularization(x, q.step, *q.q_range, backprop_to_step=backprop_to_alpha)
@@ -217,21 +222,29 @@ def br_active(step: int, total_steps: int, br_warmup_frac: float) -> bool:
 def bin_reg_terms(
     model: nn.Module, config: BinRegConfig, capture: ActivationCapture | None = None
 ) -> dict[str, Tensor]:
-    """The enabled, weighted BR loss terms: ``{"br_w": lambda_br * W-BR, "br_act": ...}``.
+    """The enabled BR terms, unweighted: ``{"br_w": W-BR, "br_act": A-BR}``.
 
-    A disabled term (lambda 0) is absent; ``br_act`` needs a ``capture``. The trainer adds them to
-    the loss in the BR stage only (:func:`br_active`) and reports each one.
+    A term whose lambda is 0 is absent (and never computed); ``br_act`` needs a ``capture``. The
+    trainer adds ``lambda_br * terms["br_w"] + lambda_br_act * terms["br_act"]`` to the loss in
+    the BR stage only (:func:`br_active`), and reports each term.
     """
     terms: dict[str, Tensor] = {}
     if config.lambda_br > 0:
-        terms["br_w"] = config.lambda_br * weight_bin_regularization(model)
+        terms["br_w"] = weight_bin_regularization(model)
     if config.lambda_br_act > 0:
         if capture is None or not capture.enabled:
             raise ValueError("lambda_br_act > 0 needs an enabled ActivationCapture")
-        terms["br_act"] = config.lambda_br_act * activation_bin_regularization(
+        terms["br_act"] = activation_bin_regularization(
             capture, backprop_to_alpha=config.br_backprop_to_alpha_act
         )
     return terms
+
+
+def bin_reg_loss(terms: dict[str, Tensor], config: BinRegConfig) -> Tensor | None:
+    """``lambda_br * br_w + lambda_br_act * br_act`` over the terms present, or None if none."""
+    weights = {"br_w": config.lambda_br, "br_act": config.lambda_br_act}
+    weighted = [weights[name] * value for name, value in terms.items()]
+    return sum(weighted[1:], weighted[0]) if weighted else None
 
 
 def render_br_banner(config: BinRegConfig, total: int, *, unit: str = "Steps") -> str:

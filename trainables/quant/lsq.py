@@ -154,14 +154,14 @@ class LSQQuantizer(nn.Module):
         self.step = nn.Parameter(torch.ones((), device=device))  # [] fp32
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("signed_flag", torch.tensor(signed is not False, device=device))
-        self._sync_from_buffers()
+        # not read from the buffers, which may live on the meta device
+        self._ready = False
+        self._signed: bool | None = None if signed == "auto" else bool(signed)
 
     def _sync_from_buffers(self) -> None:
         # Python copies of the buffers, so forward never synchronizes a device to read them
         self._ready = bool(self.initialized)
-        self._signed: bool | None = (
-            bool(self.signed_flag) if self._ready or self.signed_mode != "auto" else None
-        )
+        self._signed = bool(self.signed_flag) if self._ready or self.signed_mode != "auto" else None
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -250,6 +250,8 @@ class LSQLayer(QuantLayer):
         self.eval_lambda = 1.0
 
     def _quantized_operands(self, x: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+        if self.record_quant_error:  # see losses.record_quant_errors (FSDP2: weights whole here)
+            self.recorded_quant_error = self.quantization_error()
         if self.act_quantizer is not None:
             x = self.act_quantizer(x, lam)
         return x, self.weight_quantizer(self.weight, lam)
@@ -258,6 +260,10 @@ class LSQLayer(QuantLayer):
         """``mean((W - W_q)^2)`` with gradient to ``W`` and to the weight step size."""
         w_q = self.weight_quantizer(self.weight, 1.0)
         return (self.weight - w_q).pow(2).mean()
+
+    def storage_bits(self) -> int:
+        """Bits a deployed weight needs: ``weight_bits`` per code plus the fp32 step size."""
+        return self.weight_bits * self.weight.numel() + 32
 
     def _deployed_parts(self) -> dict[str, Any]:
         if self.act_quantizer is not None and not self.act_quantizer.is_initialized:
@@ -370,9 +376,18 @@ class LSQConv2d(LSQLayer, nn.Conv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device=device, dtype=dtype,
-        )  # fmt: skip
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._init_quantizers(weight_bits, act_bits, act_signed)
 
     @classmethod

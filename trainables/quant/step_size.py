@@ -16,9 +16,12 @@ momentum nor weight decay moves them). The optimizer may keep them in its parame
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
-from .lsq import LSQQuantizer
+from .lsq import LSQLayer, LSQQuantizer
 
 
 def step_size_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -55,3 +58,26 @@ def alpha_frozen(model: nn.Module) -> bool:
     """True when ``model`` has LSQ step sizes and none of them is learnable."""
     params = step_size_parameters(model)
     return bool(params) and not any(p.requires_grad for p in params)
+
+
+def initialize_step_sizes(model: nn.Module, run: Callable[[], object]) -> int:
+    """Initialize the LSQ step sizes not yet initialized, from one calibration forward ``run()``.
+
+    LSQ initializes a step lazily, at the first forward that quantizes (Esser et al., ICLR 2020:
+    activations from the first batch). Calling this explicitly, with quantization forced on
+    (lam = 1) for that pass only and no autograd, lets the trainer pick the batch: a training batch
+    even when the lam schedule starts at 0, and before wrapping the model for DDP, whose
+    constructor broadcasts rank 0's parameters so that every rank starts from the same steps.
+    Returns the number of initialized step sizes in ``model`` afterwards.
+    """
+    layers = [m for m in model.modules() if isinstance(m, LSQLayer)]
+    saved = [(m.quant_lambda, m.eval_lambda) for m in layers]
+    try:
+        for layer in layers:
+            layer.quant_lambda, layer.eval_lambda = 1.0, 1.0
+        with torch.no_grad():
+            run()
+    finally:
+        for layer, (lam, eval_lam) in zip(layers, saved, strict=True):
+            layer.quant_lambda, layer.eval_lambda = lam, eval_lam
+    return sum(m.is_initialized for m in model.modules() if isinstance(m, LSQQuantizer))
