@@ -1,0 +1,321 @@
+"""The training loop: a plain function of a run config, data and a reporter. No Ray here.
+
+One loop serves every scheme and task. Per step it sets the lam schedule and learning rate,
+computes the joint loss (:mod:`trainables.objective`), and every ``train.eval_every`` steps it
+evaluates at lam = 1, reports the metrics contract, may grow the model (seed 004) and offers a
+checkpoint. A checkpoint holds the (grown) architecture, model, optimizer, schedule state, step
+and RNG states, so a resumed run continues exactly where the first one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainables.build import (
+    Architecture,
+    TaskData,
+    architecture_of,
+    build_model,
+    initial_architecture,
+    load_task_data,
+)
+from trainables.config import RunConfig
+from trainables.data import ByteCorpus, iterate_batches
+from trainables.evaluation import evaluate
+from trainables.growth_control import GrowthState, grow_model, should_grow
+from trainables.metrics import model_size
+from trainables.objective import Objective, check_finite
+from trainables.parallel import Parallel, pick_device, unwrap
+from trainables.quant import (
+    BitLinear,
+    LambdaSchedule,
+    LSQLayer,
+    apply_lambda_schedule,
+    initialize_step_sizes,
+    save_packed_checkpoint,
+)
+from trainables.reporting import CheckpointWriter, Reporter
+
+PACKED_DIR = "packed"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves: final metrics, the model and its architecture."""
+
+    metrics: dict[str, float]
+    model: nn.Module
+    architecture: Architecture
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Batches:
+    """Deterministic training batches whose position can be saved and restored."""
+
+    def __init__(self, cfg: RunConfig, data: TaskData, seed: int, device: torch.device) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_state = self.generator.get_state()
+        self.epoch_index = 0
+        self._epoch: Any = None
+
+    def next(self, seq_len: int) -> tuple[Tensor, Tensor]:
+        """The next ``(inputs, targets)`` batch on the training device."""
+        bs = self.cfg.train.batch_size
+        if isinstance(self.data, ByteCorpus):
+            x, y = self.data.get_batch("train", bs, seq_len, self.generator)
+        else:
+            x, y = self._next_image_batch(bs)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _next_image_batch(self, bs: int) -> tuple[Tensor, Tensor]:
+        if self._epoch is None:
+            self._start_epoch()
+        try:
+            batch = next(self._epoch)
+        except StopIteration:
+            self._start_epoch()
+            batch = next(self._epoch)
+        self.epoch_index += 1
+        return batch
+
+    def _start_epoch(self) -> None:
+        data = self.data
+        self.epoch_state = self.generator.get_state()
+        self.epoch_index = 0
+        bs = min(self.cfg.train.batch_size, len(data.train_images))
+        self._epoch = iterate_batches(
+            data.train_images, data.train_labels, batch_size=bs, generator=self.generator,
+            drop_last=True,
+        )  # fmt: skip
+
+    def state(self) -> dict[str, Any]:
+        """The position to resume from."""
+        if isinstance(self.data, ByteCorpus) or self._epoch is None:
+            return {"generator": self.generator.get_state(), "epoch_index": -1}
+        return {"generator": self.epoch_state, "epoch_index": self.epoch_index}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a position saved by :meth:`state`."""
+        self.generator.set_state(state["generator"])
+        if state["epoch_index"] >= 0:
+            self._start_epoch()
+            for _ in range(state["epoch_index"]):
+                next(self._epoch)
+            self.epoch_index = state["epoch_index"]
+
+
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def learning_rate(cfg: RunConfig, step: int, growth: GrowthState) -> float:
+    """The learning rate at ``step``: schedule x warm-up x the growth rule of seed 004."""
+    lr = cfg.train.lr * growth.lr_scale
+    if cfg.schedule.lr_schedule == "cosine":
+        progress = min(step / max(cfg.train.steps, 1), 1.0)
+        lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule.lr_warmup_steps:
+        lr *= min(1.0, (step + 1) / cfg.schedule.lr_warmup_steps)
+    if growth.warmup_start is not None and cfg.growth.lr_warmup_steps:
+        lr *= min(1.0, (step - growth.warmup_start + 1) / cfg.growth.lr_warmup_steps)
+    return lr
+
+
+def _tokens_per_sample(data: TaskData, model: nn.Module) -> int:
+    return model.config.seq_len if isinstance(data, ByteCorpus) else 1
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    data: TaskData | None = None,
+    reporter: Reporter | None = None,
+    parallel: Parallel | None = None,
+    resume_from: Path | None = None,
+    stop_after: int | None = None,
+    checkpoint_every: int | None = None,
+) -> TrainResult:
+    """Train one run as ``cfg`` says, reporting to ``reporter`` at every evaluation.
+
+    Args:
+        cfg: the validated run config.
+        data: the task's data (loaded from ``cfg.data`` when omitted).
+        reporter: receives the metrics contract at every evaluation and checkpoint writers.
+        parallel: the data-parallel context (a single process by default).
+        resume_from: a checkpoint directory written by an earlier run of the same config.
+        stop_after: stop after this many steps in total (for tests of resuming); the schedules
+            still follow ``train.steps``.
+        checkpoint_every: offer a checkpoint every this many steps (rounded to evaluations;
+            default: every evaluation). The final step always offers one, with the packed model.
+
+    Returns:
+        The final metrics, the trained single-device model and its (possibly grown) architecture.
+    """
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    parallel = parallel or Parallel(device=pick_device(cfg.train.device))
+    if cfg.growth.enabled and parallel.strategy == "fsdp" and parallel.world_size > 1:
+        raise ValueError("growth.enabled is not supported with resources.strategy 'fsdp'; use ddp")
+    data = data if data is not None else load_task_data(cfg)
+    extra = Parallel.read_extra(resume_from) if resume_from is not None else None
+    if extra is not None:
+        architecture = Architecture(extra["architecture"]["arch"], extra["architecture"]["config"])
+    else:
+        architecture = initial_architecture(cfg, data)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, architecture).to(parallel.device)
+    if extra is None:
+        _initialize_step_sizes(model, cfg, data, parallel)
+    growth = GrowthState.from_dict(extra["growth"]) if extra is not None else GrowthState()
+    _attach_template(model, parallel)
+    wrapped = parallel.wrap(model)
+    optimizer = _optimizer(cfg, model)  # after wrapping: FSDP2 replaces the parameters
+    batches = _Batches(cfg, data, cfg.train.seed + 7919 * parallel.rank, parallel.device)
+    step = 0
+    if extra is not None and resume_from is not None:
+        parallel.load(resume_from, wrapped, optimizer)
+        step = int(extra["step"])
+        batches.restore(extra["rng"]["batches"])
+        torch.set_rng_state(extra["rng"]["torch"])
+    objective = Objective(cfg, model)
+    banner = objective.banner()
+    if banner and parallel.is_main and step == 0:
+        print(banner, flush=True)
+    schedule = LambdaSchedule(
+        kind=cfg.schedule.kind,
+        warmup_frac=cfg.schedule.lambda_warmup_frac,
+        k=cfg.schedule.k,
+        value=cfg.schedule.value,
+    )
+    total_steps = cfg.train.steps
+    last_step = min(stop_after, total_steps) if stop_after is not None else total_steps
+    every = checkpoint_every or cfg.train.eval_every
+    window: dict[str, float] = {}
+    window_steps = 0
+    window_time = 0.0
+    window_samples = 0
+    history: list[dict[str, float]] = []
+    metrics: dict[str, float] = {}
+    try:
+        while step < last_step:
+            started = time.perf_counter()
+            lam = apply_lambda_schedule(model, schedule, step, total_steps)
+            lr = learning_rate(cfg, step, growth)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            objective.begin_step(step)
+            x, y = batches.next(model.config.seq_len if isinstance(data, ByteCorpus) else 0)
+            wrapped.train()
+            if hasattr(model, "set_step"):
+                model.set_step(step)
+            out = wrapped(x, targets=y)
+            total, terms = objective(out, step)
+            check_finite(total, terms, step)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            step += 1
+            window_time += time.perf_counter() - started
+            window_samples += x.shape[0] * parallel.world_size
+            window_steps += 1
+            for name, value in {"train/loss": total, **terms}.items():
+                window[name] = window.get(name, 0.0) + float(value.detach())
+            for name, value in out.metrics.items():
+                window[name] = window.get(name, 0.0) + float(value)
+            if step % cfg.train.eval_every and step != last_step:
+                continue
+            metrics = {"step": float(step), "quant/lambda": lam, "train/lr": lr}
+            metrics.update(parallel.mean_dict({k: v / window_steps for k, v in window.items()}))
+            metrics.update(evaluate(wrapped if parallel.strategy == "fsdp" else model, data, cfg))
+            metrics.update(model_size(model))
+            rate = window_samples / window_time if window_time > 0 else 0.0
+            if isinstance(data, ByteCorpus):
+                metrics["perf/tokens_per_s"] = rate * _tokens_per_sample(data, model)
+            else:
+                metrics["perf/samples_per_s"] = rate
+            window, window_steps, window_time, window_samples = {}, 0, 0.0, 0
+            if cfg.growth.enabled and step < total_steps and should_grow(growth, metrics, cfg):
+                model, optimizer = grow_model(model, optimizer, growth, cfg, step)
+                _attach_template(model, parallel)
+                wrapped = parallel.wrap(model)
+                objective.close()
+                objective = Objective(cfg, model)
+            metrics["growth/stage"] = float(growth.stage)
+            architecture = architecture_of(model, architecture.arch)
+            history.append(metrics)
+            final = step == total_steps
+            writer: CheckpointWriter | None = None
+            if final or step % every == 0 or step == last_step:
+                state = {
+                    "step": step,
+                    "architecture": {"arch": architecture.arch, "config": architecture.config},
+                    "growth": growth.to_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "batches": batches.state()},
+                    "run_config": cfg.to_flat(),
+                }
+                writer = _writer(parallel, wrapped, optimizer, state, cfg, final)
+            if reporter is not None:
+                reporter.report(dict(metrics), writer)
+    finally:
+        objective.close()
+    return TrainResult(metrics, unwrap(wrapped), architecture, step, history)
+
+
+def _initialize_step_sizes(
+    model: nn.Module, cfg: RunConfig, data: TaskData, parallel: Parallel
+) -> None:
+    """LSQ step sizes from one calibration batch before wrapping (DDP then broadcasts rank 0's).
+
+    The batch comes from its own generator, so the training batches stay those of any other run.
+    """
+    if not any(isinstance(m, LSQLayer) for m in model.modules()):
+        return
+    calibration = _Batches(cfg, data, cfg.train.seed + 104729, parallel.device)
+    x, _ = calibration.next(model.config.seq_len if isinstance(data, ByteCorpus) else 0)
+    initialize_step_sizes(model, lambda: model(x))
+
+
+def _attach_template(model: nn.Module, parallel: Parallel) -> None:
+    """Keep an unsharded CPU copy for FSDP exports (a plain attribute, not a submodule)."""
+    if parallel.strategy == "fsdp" and parallel.world_size > 1:
+        import copy
+
+        object.__setattr__(model, "bitsweep_template", copy.deepcopy(model).cpu())
+
+
+def _writer(
+    parallel: Parallel,
+    wrapped: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    cfg: RunConfig,
+    final: bool,
+) -> CheckpointWriter:
+    def write(directory: Path) -> None:
+        parallel.save(directory, wrapped, optimizer, state)
+        if not final:
+            return
+        full = parallel.full_model(wrapped)
+        if full is not None and any(isinstance(m, BitLinear) for m in full.modules()):
+            manifest = {
+                "training_steps": state["step"],
+                "lambda_warmup_frac": cfg.schedule.lambda_warmup_frac,
+                "final_lambda": 1.0,
+                "model_type": f"bitsweep-{state['architecture']['arch']}-{cfg.quant.scheme}",
+                "architecture": state["architecture"],
+            }
+            save_packed_checkpoint(full, directory / PACKED_DIR, packing="base3", manifest=manifest)
+
+    return write

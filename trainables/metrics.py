@@ -1,0 +1,37 @@
+"""Model-size metrics of the metrics contract: params, stored bits, packed bytes."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+
+def model_size(model: nn.Module) -> dict[str, float]:
+    """``model/params``, ``model/bits_total``, ``model/bits_per_weight``, ``model/packed_bytes``.
+
+    A quantized layer that knows its storage cost (``storage_bits()``: packed codes plus scales)
+    counts that for its weight; every other parameter counts at its own precision (32 bits for
+    float32). ``bits_total`` is therefore what a packed checkpoint of the model stores.
+    """
+    params = 0
+    bits = 0.0
+    counted: set[int] = set()
+    for module in model.modules():
+        storage_bits = getattr(module, "storage_bits", None)
+        weight = getattr(module, "weight", None)
+        if callable(storage_bits) and isinstance(weight, nn.Parameter):
+            value = storage_bits()
+            if value is not None:
+                bits += float(value)
+                counted.add(id(weight))
+    for parameter in model.parameters():
+        params += parameter.numel()
+        if id(parameter) not in counted:
+            bits += 8 * parameter.element_size() * parameter.numel()
+    return {
+        "model/params": float(params),
+        "model/bits_total": bits,
+        "model/bits_per_weight": bits / params if params else 0.0,
+        "model/packed_bytes": float(math.ceil(bits / 8)),
+    }
