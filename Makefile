@@ -30,7 +30,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 demo: setup
-	$(BIN)/bitsweep --version
+	$(BIN)/bitsweep run demo
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -1,30 +1,230 @@
-"""The ``bitsweep`` command line."""
+"""The ``bitsweep`` command line.
+
+Exit codes: 0 success, 2 bad input (one readable message, no traceback), 1 the sweep itself
+failed, 130 interrupted (the sweep can be resumed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from orchestrator.spec import SweepSpecError
+    from trainables.config import ConfigError
+    from trainables.data import DataError
+
+    errors: list[type[BaseException]] = [UserError, SweepSpecError, ConfigError, DataError]
+    errors.append(FileNotFoundError)
+    try:
+        from orchestrator.tracking import TrackingUnreachableError
+
+        errors.append(TrackingUnreachableError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _print_outcome(outcome: Any, spec: Any) -> None:
+    searched = [k for k in spec.search.space]
+    metrics = [o.metric for o in spec.search.objective_list]
+    print()
+    print(f"sweep {outcome.name}: {len(outcome.trials)} trials, {outcome.failed} failed")
+    if outcome.pareto is not None and len(outcome.pareto):
+        columns = [c for c in ["trial_id", *metrics, *searched] if c in outcome.pareto.columns]
+        print(f"Pareto front ({len(outcome.pareto)} trials):")
+        print(outcome.pareto[columns].to_string(index=False))
+    elif outcome.best:
+        for metric, best in (outcome.best.get("best") or {}).items():
+            where = f"trial {best['trial_id']}, run {best['run_id']}"
+            print(f"best {metric}: {best['value']:.6g} ({where})")
+            for key in searched:
+                if key in best.get("params", {}):
+                    print(f"  {key} = {best['params'][key]}")
+    print(f"MLflow parent run: {outcome.parent_run_id} (tracking URI {outcome.tracking_uri})")
+    if outcome.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in outcome.tracking_uri:
+        print(f"open the UI with: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    else:
+        print(f"open {outcome.tracking_uri} in a browser")
+    print(f"results and checkpoints: {outcome.experiment_path}")
+
+
+def _interrupted(spec: Any) -> int:
+    hint = f"bitsweep resume {spec.name} --storage {spec.storage.path}"
+    print(f"\ninterrupted; finished trials are kept. Continue with: {hint}")
+    return EXIT_INTERRUPTED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``bitsweep run SPEC|PRESET [KEY=VALUE ...]``."""
+    from orchestrator.runner import SweepInterruptedError, run_sweep
+    from orchestrator.spec import load_sweep
+
+    spec = load_sweep(args.spec, args.overrides)
+    _check_data(spec)
+    print(f"sweep {spec.name}: {spec.search.algorithm}, {spec.search.num_samples} samples, "
+          f"tracking {spec.tracking.resolved_uri()}")  # fmt: skip
+    try:
+        outcome = run_sweep(spec, address=args.address, verbose=args.verbose)
+    except (KeyboardInterrupt, SweepInterruptedError):
+        return _interrupted(spec)
+    _print_outcome(outcome, spec)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``bitsweep resume NAME``: continue an interrupted sweep."""
+    from orchestrator.runner import SweepInterruptedError, load_saved_spec, run_sweep
+
+    spec = load_saved_spec(args.name, args.storage)
+    try:
+        outcome = run_sweep(spec, address=args.address, resume=True, verbose=args.verbose)
+    except (KeyboardInterrupt, SweepInterruptedError):
+        return _interrupted(spec)
+    _print_outcome(outcome, spec)
+    return EXIT_OK
+
+
+def _check_data(spec: Any) -> None:
+    """Fail before Ray starts when the data a sweep names is missing."""
+    run = spec.run
+    if run.task.kind == "lm" and run.data.source != "pydocs":
+        from trainables.data import resolve_source_paths
+
+        resolve_source_paths(run.data.source)
+    if run.task.kind == "vision" and run.data.source == "cifar10":
+        from trainables.data import load_cifar10
+
+        load_cifar10(run.data.path, max_train=1, max_test=1)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``bitsweep validate SPEC``: check a sweep file (and its data) without running it."""
+    from orchestrator.spec import load_sweep
+
+    spec = load_sweep(args.spec, args.overrides)
+    _check_data(spec)
+    search = spec.search
+    print(f"{args.spec}: valid sweep {spec.name!r} ({search.algorithm}, {search.num_samples} "
+          f"samples, {len(search.space)} searched keys)")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """``bitsweep presets``: list the shipped presets."""
+    from search_spaces import preset_descriptions
+
+    descriptions = preset_descriptions()
+    width = max(len(n) for n in descriptions)
+    for name, description in descriptions.items():
+        print(f"{name:<{width}}  {description}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``bitsweep show PRESET``: print a preset's YAML."""
+    from search_spaces import load_preset_text, preset_names
+
+    if args.preset not in preset_names():
+        raise UserError(f"unknown preset {args.preset!r}; presets: {', '.join(preset_names())}")
+    print(load_preset_text(args.preset), end="")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``bitsweep report NAME|PARENT_RUN_ID``: print the ablation matrices and Pareto front."""
+    from orchestrator.report import print_report
+
+    return print_report(args.sweep, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                        out_dir=args.out)  # fmt: skip
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level argument parser (subcommands arrive with the orchestrator)."""
+    """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="bitsweep",
         description="Sweeps and scaling of quantization-aware training on Ray, logged to MLflow.",
     )
     parser.add_argument("--version", action="version", version=f"bitsweep {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        return p
+
+    run = add("run", cmd_run, "run a sweep file or preset")
+    run.add_argument("spec", help="a sweep YAML file or a preset name (see `bitsweep presets`)")
+    run.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.steps=50"
+    )
+    run.add_argument(
+        "--address", help="a Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
+    )
+    run.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    resume = add("resume", cmd_resume, "continue an interrupted sweep")
+    resume.add_argument("name", help="the sweep's name")
+    resume.add_argument("--storage", default="bitsweep_results", help="the sweep's storage.path")
+    resume.add_argument("--address", help="a Ray cluster address")
+    resume.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    validate = add("validate", cmd_validate, "check a sweep file without running it")
+    validate.add_argument("spec")
+    validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    add("presets", cmd_presets, "list the shipped presets")
+    show = add("show", cmd_show, "print a preset's YAML")
+    show.add_argument("preset")
+    report = add("report", cmd_report, "print a sweep's ablation matrices and Pareto front")
+    report.add_argument("sweep", help="the sweep name or its MLflow parent run id")
+    report.add_argument(
+        "--tracking-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
+    )
+    report.add_argument("--experiment", default="bitsweep")
+    report.add_argument("--out", default=".", help="where to write the plots")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bitsweep`` console script; returns the exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_OK
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        print(f"bitsweep: error: {_one_message(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # the sweep itself failed: say so without a traceback wall
+        from orchestrator.runner import SweepFailedError
+
+        label = "sweep failed" if isinstance(err, SweepFailedError) else f"{type(err).__name__}"
+        print(f"bitsweep: {label}: {err}", file=sys.stderr)
+        if getattr(args, "verbose", False):
+            raise
+        return EXIT_FAILED
+
+
+def _one_message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,10 @@ def test_flatten_inverts_unflatten(flat: dict[str, int]) -> None:
     if any(b.startswith(a + ".") for a in keys for b in keys):
         return
     assert flatten(unflatten(flat)) == flat
+
+
+def test_growth_order_accepts_a_comma_string() -> None:
+    cfg = RunConfig().with_overrides({"growth.strategy": "width, depth"})
+    assert cfg.growth.strategy == ("width", "depth")
+    with pytest.raises(ConfigError, match=r"growth\.strategy"):
+        RunConfig().with_overrides({"growth.strategy": "width,sideways"})

@@ -101,6 +101,8 @@ def test_bit_penalty_lowers_total_bits() -> None:
                quant={"scheme": "adaptive"}, loss={"bit_loss_weight": 1.0})  # fmt: skip
     train(cfg, reporter=reporter)
     assert reporter.last["model/bits_total"] < reporter.metrics[0]["model/bits_total"]
+    widths = {k: v for k, v in reporter.last.items() if k.startswith("bits/")}
+    assert set(widths) == {"bits/layers.0"} and 2 <= widths["bits/layers.0"] <= 8
     assert reporter.last["val/acc"] > 0.5
 
 
@@ -117,6 +119,8 @@ def test_each_enabled_term_is_reported_and_disabled_ones_are_absent(
     assert all(math.isfinite(metrics[k]) for k in terms)
     if "loss/route" in expected:
         assert "route/expected_exit" in metrics and "route/exit_layer" in metrics
+        fractions = [metrics[f"route/exit_frac/{layer}"] for layer in (1, 2)]
+        assert sum(fractions) == pytest.approx(1.0)
 
 
 def test_lm_learns_and_evaluates_quantized() -> None:

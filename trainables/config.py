@@ -156,9 +156,17 @@ class GrowthConfig(Section):
     enabled: bool = False
     improve_thresh: float = Field(0.01, ge=0.0)
     window: int = Field(2, ge=1)
+    # a list, or a comma-separated string ("depth,width") that Optuna can search as one category
     strategy: tuple[GrowthStrategy, ...] = Field(("depth", "width", "context"), min_length=1)
     max_growths: int = Field(2, ge=0, le=16)
     lr_warmup_steps: int = Field(20, ge=0)
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _split_order(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 class TrainConfig(Section):

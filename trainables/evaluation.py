@@ -36,8 +36,9 @@ def evaluate(model: nn.Module, data: TaskData, cfg: RunConfig) -> dict[str, floa
 
 def _lm_loss(
     model: nn.Module, data: ByteCorpus, cfg: RunConfig, seq_len: int
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[int, int]]:
     total = tokens = exit_layers = batches = 0.0
+    exits: dict[int, int] = {}
     for x, y in data.iter_eval_batches(
         "val", batch_size=cfg.train.batch_size, seq_len=seq_len, max_batches=cfg.data.eval_batches
     ):
@@ -47,7 +48,11 @@ def _lm_loss(
         tokens += y.numel()
         exit_layers += float(out.metrics.get("route/exit_layer", 0.0))
         batches += 1
-    return total / tokens, exit_layers / max(batches, 1)
+        per_sequence = getattr(unwrap(model), "last_exit_layers", None)
+        if per_sequence is not None:
+            for layer in per_sequence.tolist():
+                exits[int(layer)] = exits.get(int(layer), 0) + 1
+    return total / tokens, exit_layers / max(batches, 1), exits
 
 
 def _evaluate_lm(
@@ -57,13 +62,17 @@ def _evaluate_lm(
     early_exit = getattr(raw, "exit_gates", None) is not None
     if early_exit:
         raw.exit_at_inference = False
-    loss, _ = _lm_loss(model, data, cfg, seq_len)
+    loss, _, _ = _lm_loss(model, data, cfg, seq_len)
     metrics = {"val/loss": loss, "val/bpb": loss / math.log(2)}
     if early_exit:
         raw.exit_at_inference = True
-        exit_loss, exit_layer = _lm_loss(model, data, cfg, seq_len)
+        exit_loss, exit_layer, exits = _lm_loss(model, data, cfg, seq_len)
         metrics["val/loss_exit"] = exit_loss
         metrics["route/exit_layer"] = exit_layer
+        sequences = max(sum(exits.values()), 1)
+        for layer in range(1, raw.config.n_layers + 1):
+            # the exit-layer distribution of early-exit inference on the validation windows
+            metrics[f"route/exit_frac/{layer}"] = exits.get(layer, 0) / sequences
     return metrics
 
 

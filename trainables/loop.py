@@ -30,7 +30,7 @@ from trainables.config import RunConfig
 from trainables.data import ByteCorpus, iterate_batches
 from trainables.evaluation import evaluate
 from trainables.growth_control import GrowthState, grow_model, should_grow
-from trainables.metrics import model_size
+from trainables.metrics import layer_bit_widths, model_size
 from trainables.objective import Objective, check_finite
 from trainables.parallel import Parallel, pick_device, unwrap
 from trainables.quant import (
@@ -240,6 +240,7 @@ def train(
             metrics.update(parallel.mean_dict({k: v / window_steps for k, v in window.items()}))
             metrics.update(evaluate(wrapped if parallel.strategy == "fsdp" else model, data, cfg))
             metrics.update(model_size(model))
+            metrics.update(layer_bit_widths(model))
             rate = window_samples / window_time if window_time > 0 else 0.0
             if isinstance(data, ByteCorpus):
                 metrics["perf/tokens_per_s"] = rate * _tokens_per_sample(data, model)

@@ -35,3 +35,13 @@ def model_size(model: nn.Module) -> dict[str, float]:
         "model/bits_per_weight": bits / params if params else 0.0,
         "model/packed_bytes": float(math.ceil(bits / 8)),
     }
+
+
+def layer_bit_widths(model: nn.Module) -> dict[str, float]:
+    """``bits/<layer>``: the rounded bit-width of every layer with a learnable one (seed 000)."""
+    widths: dict[str, float] = {}
+    for name, module in model.named_modules():
+        rounded = getattr(module, "rounded_bits", None)
+        if callable(rounded):
+            widths[f"bits/{name}"] = float(rounded().detach())
+    return widths

@@ -133,6 +133,7 @@ def reported_terms(cfg: RunConfig) -> set[str]:
         names.add("loss/quant")
     if cfg.model.early_exit:
         names |= {"route/expected_exit", "route/sampled_exit", "route/exit_layer", "val/loss_exit"}
+        names |= {f"route/exit_frac/{layer}" for layer in range(1, cfg.model.n_layers + 1)}
         if loss.lambda_r > 0:
             names.add("loss/route")
     if loss.lambda_exit > 0:

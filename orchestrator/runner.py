@@ -1,0 +1,351 @@
+"""Run a sweep on Ray Tune (Optuna, random or grid search; optional ASHA), tracked in MLflow.
+
+With no address an embedded local Ray is started and shut down; with an address (or
+``RAY_ADDRESS``, as inside a submitted job) the sweep runs on that cluster. The Optuna study lives
+in an sqlite file beside the results, and Tune's experiment state in ``storage.path/<name>``, so
+``resume`` continues an interrupted sweep without rerunning finished trials.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from orchestrator.spec import SweepSpec, build_sweep
+from orchestrator.trials import (
+    SCENARIOS_KEY,
+    TRIAL_SETTINGS_KEY,
+    distributed_trial,
+    single_process_trial,
+)
+from search_spaces.tune_space import SCENARIO_KEY, is_scenario, param_space
+
+SPEC_FILE = "bitsweep_sweep.yaml"
+STUDY_FILE = "optuna.db"
+TRIAL_SLOT = "trial_slot"
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+class SweepFailedError(RuntimeError):
+    """The sweep ran but could not produce results (every trial failed, Ray refused, ...)."""
+
+
+class SweepInterruptedError(RuntimeError):
+    """Tune stopped on a signal (Ctrl+C) before every trial ended; the sweep can be resumed."""
+
+    def __init__(self, name: str, storage: str) -> None:
+        self.name, self.storage = name, storage
+        super().__init__(f"sweep {name!r} was interrupted")
+
+
+def expected_trials(spec: SweepSpec) -> int:
+    """How many trials the search creates: grid cells x num_samples (optuna: num_samples)."""
+    cells = 1
+    if spec.search.algorithm != "optuna":
+        for dist in spec.search.space.values():
+            if dist.dist == "grid":
+                cells *= len(dist.values or [])
+    return cells * spec.search.num_samples
+
+
+def _interrupted(results: Any, spec: SweepSpec) -> bool:
+    trials = results._experiment_analysis.trials
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    return bool(unfinished) or len(trials) < expected_trials(spec)
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep leaves: its trial table, best trial or Pareto front, and where."""
+
+    name: str
+    tracking_uri: str
+    parent_run_id: str | None
+    experiment_path: str
+    trials: pd.DataFrame
+    best: dict[str, Any] | None
+    pareto: pd.DataFrame | None
+
+    @property
+    def failed(self) -> int:
+        """How many trials failed."""
+        if self.trials.empty or "status" not in self.trials:
+            return 0
+        return int((self.trials["status"] == "failed").sum())
+
+
+def experiment_dir(spec: SweepSpec) -> str:
+    """``storage.path/<name>``: Tune's experiment directory for this sweep."""
+    return f"{spec.storage_path.rstrip('/')}/{spec.name}"
+
+
+def save_spec(spec: SweepSpec) -> None:
+    """Store the resolved sweep beside its results (what ``resume`` reads back)."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(experiment_dir(spec))
+    filesystem.create_dir(path, recursive=True)
+    with filesystem.open_output_stream(f"{path}/{SPEC_FILE}") as stream:
+        stream.write(spec.to_yaml().encode())
+
+
+def load_saved_spec(name: str, storage: str) -> SweepSpec:
+    """The sweep ``name`` saved under ``storage`` by an earlier run (for ``resume``)."""
+    import pyarrow.fs as pafs
+    import yaml
+
+    location = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    filesystem, path = pafs.FileSystem.from_uri(f"{location.rstrip('/')}/{name}/{SPEC_FILE}")
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            document = yaml.safe_load(stream.read().decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no sweep named {name!r} under {location} (looked for {path}); pass --storage "
+            "with the sweep's storage.path"
+        ) from None
+    return build_sweep(document, name=name, preset=document.get("preset"))
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Ray, Optuna and MLflow keep their own logs to themselves unless ``--verbose``."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if not verbose:
+        import logging
+
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def connect_ray(address: str | None, *, verbose: bool) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``) or start an embedded local Ray.
+
+    Returns True when this call started Ray (and so must shut it down).
+    """
+    import ray
+
+    quiet_libraries(verbose)
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = {
+        "log_to_driver": verbose,
+        "logging_level": "INFO" if verbose else "ERROR",
+    }
+    if target:
+        ray.init(address=target, **options)
+        return True
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        resources={TRIAL_SLOT: 1024},
+        include_dashboard=False,
+        **options,
+    )
+    return True
+
+
+def _concurrency(spec: SweepSpec) -> int:
+    import ray
+
+    if spec.resources.max_concurrent_trials:
+        return spec.resources.max_concurrent_trials
+    res = spec.resources
+    cluster = ray.cluster_resources()
+    per_trial_cpu = res.workers_per_trial * res.cpus_per_worker
+    limit = int(cluster.get("CPU", 1) // per_trial_cpu)
+    if res.gpus_per_worker:
+        limit = min(
+            limit, int(cluster.get("GPU", 0) // (res.workers_per_trial * res.gpus_per_worker))
+        )
+    return max(1, limit)
+
+
+def _trainable(spec: SweepSpec) -> Any:
+    import ray
+    from ray import tune
+
+    res = spec.resources
+    if res.workers_per_trial == 1 and res.strategy == "none":
+        resources = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+        return tune.with_resources(single_process_trial, resources)
+    # The trial only launches a TorchTrainer: it must not take a core from its own workers.
+    driver = {"cpu": 0, TRIAL_SLOT: 1} if ray.cluster_resources().get(TRIAL_SLOT) else {"cpu": 0.01}
+    return tune.with_resources(distributed_trial, driver)
+
+
+def _search_algorithm(spec: SweepSpec) -> Any:
+    search = spec.search
+    if search.algorithm != "optuna":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=search.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = search.objective_list
+    storage = None
+    if "://" not in spec.storage_path:
+        study_dir = Path(experiment_dir(spec))
+        study_dir.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / STUDY_FILE}")
+    multi = len(objectives) > 1
+    return OptunaSearch(
+        metric=[o.metric for o in objectives] if multi else objectives[0].metric,
+        mode=[o.mode for o in objectives] if multi else objectives[0].mode,
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        study_name=spec.name,
+        storage=storage,
+    )
+
+
+def _scheduler(spec: SweepSpec) -> Any:
+    scheduler = spec.search.scheduler
+    if scheduler.type == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    first = spec.search.objective_list[0]
+    evaluations = max(1, -(-spec.run.train.steps // spec.run.train.eval_every))
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=first.metric,
+        mode=first.mode,
+        max_t=scheduler.max_t or evaluations,
+        grace_period=min(scheduler.grace_period, evaluations),
+        reduction_factor=scheduler.reduction_factor,
+    )
+
+
+def _param_space(spec: SweepSpec) -> dict[str, Any]:
+    res = spec.resources
+    space = param_space(spec.run.to_flat(), spec.search.space)
+    scenario = spec.search.space.get(SCENARIO_KEY)
+    if scenario is not None and is_scenario(scenario):
+        space[SCENARIOS_KEY] = {str(v["label"]): dict(v["set"]) for v in scenario.values}
+    space[TRIAL_SETTINGS_KEY] = {
+        "workers_per_trial": res.workers_per_trial,
+        "strategy": res.strategy,
+        "cpus_per_worker": res.cpus_per_worker,
+        "gpus_per_worker": res.gpus_per_worker,
+        "train_storage": f"{experiment_dir(spec)}/train",
+        "checkpoint_every": None,
+    }
+    return space
+
+
+def _trial_name(trial: Any) -> str:
+    """Short trial names: the id (the default embeds every sampled value in the path)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[Any]:
+    from orchestrator.progress import ProgressView
+    from orchestrator.tracking import MLflowTuneCallback
+
+    first = spec.search.objective_list[0]
+    callbacks: list[Any] = [MLflowTuneCallback(tracker)]
+    if stream is not None:
+        callbacks.append(
+            ProgressView(first.metric, first.mode, spec.run.train.steps, stream=stream)
+        )
+    return callbacks
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    stream: IO[str] | None = sys.stderr,
+) -> SweepOutcome:
+    """Run (or resume) ``spec`` to the end and write its MLflow parent run's summary.
+
+    Raises ``TrackingUnreachableError`` before any training when MLflow cannot be reached, and
+    :class:`SweepFailedError` when no trial produced a result.
+    """
+    from ray import tune
+
+    from orchestrator.tracking import SweepTracker, check_reachable
+
+    quiet_libraries(verbose)
+    uri = spec.tracking.resolved_uri()
+    check_reachable(uri)
+    started = connect_ray(address, verbose=verbose)
+    try:
+        # a fresh run of an existing name starts a new parent; resume reuses the old one
+        tracker = SweepTracker.for_sweep(spec, uri, reuse=resume)
+        path = experiment_dir(spec)
+        trainable = _trainable(spec)
+        if resume:
+            tuner = tune.Tuner.restore(
+                path,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                param_space=_param_space(spec),
+            )
+        else:
+            save_spec(spec)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=_param_space(spec),
+                tune_config=tune.TuneConfig(
+                    search_alg=_search_algorithm(spec),
+                    scheduler=_scheduler(spec),
+                    num_samples=spec.search.num_samples,
+                    max_concurrent_trials=_concurrency(spec),
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=spec.storage_path,
+                    callbacks=_callbacks(spec, tracker, stream),
+                    verbose=0,
+                ),
+            )
+        results = tuner.fit()
+        if _interrupted(results, spec):
+            raise SweepInterruptedError(spec.name, spec.storage.path)
+        return _summarize(spec, tracker, results, path)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _summarize(spec: SweepSpec, tracker: Any, results: Any, path: str) -> SweepOutcome:
+    table = tracker.trial_table()
+    objectives = [(o.metric, o.mode) for o in spec.search.objective_list]
+    ablations = [a.model_dump() for a in spec.ablation]
+    completed = table[table["status"] != "failed"] if not table.empty else table
+    failed = completed.empty
+    summary = tracker.finish(table, ablations, objectives, failed=failed)
+    if failed:
+        errors = "; ".join(str(e) for e in table.get("error", pd.Series(dtype=str)).dropna()[:3])
+        raise SweepFailedError(f"every trial of sweep {spec.name!r} failed: {errors}")
+    return SweepOutcome(
+        name=spec.name,
+        tracking_uri=tracker.uri,
+        parent_run_id=tracker.parent_run_id,
+        experiment_path=path,
+        trials=table,
+        best=summary.get("best"),
+        pareto=summary.get("pareto"),
+    )

@@ -1,0 +1,122 @@
+"""Sweep files and presets: validation, overrides, scenarios, objectives, errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.spec import SweepSpecError, build_sweep, load_sweep, parse_overrides
+from search_spaces import load_preset_text, preset_descriptions, preset_names
+from search_spaces.tune_space import param_space
+
+PRESETS = ["demo", "bitnet-lm", "br-ablation", "bit-budget", "early-exit", "scaleup"]
+
+
+def test_all_presets_are_shipped_and_described() -> None:
+    assert preset_names() == sorted(PRESETS)
+    assert all(len(d) > 20 for d in preset_descriptions().values())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_validates_and_round_trips(preset: str) -> None:
+    spec = load_sweep(preset)
+    assert spec.name == preset and spec.preset == preset
+    again = build_sweep(yaml.safe_load(spec.to_yaml()), preset=preset)
+    assert again == spec
+    space = param_space(spec.run.to_flat(), spec.search.space)
+    assert set(space["run_config"]) == set(spec.run.to_flat())
+
+
+def test_br_ablation_is_seed_002s_matrix() -> None:
+    spec = load_sweep("br-ablation")
+    scenario = spec.search.space["scenario"]
+    labels = [v["label"] for v in scenario.values]
+    assert labels == ["W-only", "W+A stable", "W+A moving target", "A-only", "no BR"]
+    assert spec.search.space["train.seed"].values == [0, 1, 2]
+    assert spec.run.quant.weight_bits == 2 and spec.run.quant.act_bits == 2
+    assert spec.ablation[0].rows == "scenario"
+
+
+def test_multi_objective_presets() -> None:
+    objectives = [(o.metric, o.mode) for o in load_sweep("bit-budget").search.objective_list]
+    assert objectives == [("val/acc", "max"), ("model/bits_total", "min")]
+    assert len(load_sweep("early-exit").search.objective_list) == 2
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    spec = load_sweep(
+        "demo",
+        ["train.steps=50", "search.num_samples=2", "quant.scheme=hadamard",
+         "search.space.train.lr.high=0.02", "search.space.quant.scheme=null",
+         "search.scheduler.type=none"],
+    )  # fmt: skip
+    assert spec.run.train.steps == 50 and spec.search.num_samples == 2
+    assert spec.run.quant.scheme == "hadamard"
+    assert spec.search.space["train.lr"].high == 0.02
+    assert "quant.scheme" not in spec.search.space
+    assert parse_overrides(["a.b=[1, 2]", "c.d=true", "e.f=1e-3"]) == {
+        "a.b": [1, 2], "c.d": True, "e.f": 1e-3,
+    }  # fmt: skip
+
+
+SPACE = "search.space"
+BAD = [
+    (["train.stepz=5"], "train.stepz", "did you mean 'train.steps'"),
+    (["quant.weight_bits=11"], "quant.weight_bits", "less than or equal to 8"),
+    (["train.steps=lots"], "train.steps", "valid integer"),
+    ([f"{SPACE}.train.lrr={{dist: uniform, low: 0, high: 1}}"], f"{SPACE}.train.lrr",
+     "did you mean 'train.lr'"),
+    ([f"{SPACE}.train.lr={{dist: gauss, low: 1, high: 2}}"], f"{SPACE}.train.lr.dist", "'uniform'"),
+    ([f"{SPACE}.train.lr={{dist: uniform, low: 2, high: 1}}"], f"{SPACE}.train.lr", "below high"),
+    ([f"{SPACE}.quant.weight_bits={{dist: int, low: 2, high: 12}}"], f"{SPACE}.quant.weight_bits",
+     "value 12 is invalid"),
+    (["search.metric=val/bbp"], "search.metric", "did you mean 'val/bpb'"),
+    (["search.metric=val/acc"], "search.metric", "not a metric these trials report"),
+    (["resources.workers_per_trial=2"], "resources", "strategy 'ddp' or 'fsdp'"),
+    (["search.algorithm=bayes"], "search.algorithm", "'optuna'"),
+    (["data.source=/nonexistent/corpus.txt", "task.kind=vision"], "model.arch", "conv"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "key", "fragment"), BAD)
+def test_bad_sweeps_name_the_key(overrides: list[str], key: str, fragment: str) -> None:
+    with pytest.raises(SweepSpecError) as info:
+        load_sweep("demo", overrides)
+    assert key in [k for k, _ in info.value.problems], str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_sweep_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(SweepSpecError, match="does not exist"):
+        load_sweep(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(SweepSpecError, match="not valid YAML"):
+        load_sweep(str(bad))
+    with pytest.raises(SweepSpecError, match="neither a sweep file nor a preset"):
+        load_sweep("no-such-preset")
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(yaml.safe_dump({"serach": {}, "train": {"steps": 3}}))
+    with pytest.raises(SweepSpecError, match="did you mean 'search'"):
+        load_sweep(str(odd))
+
+
+def test_scenarios_are_validated(tmp_path: Path) -> None:
+    doc = yaml.safe_load(load_preset_text("br-ablation"))
+    doc["search"]["space"]["scenario"]["values"][0]["set"]["loss.lambda_brr"] = 1.0
+    with pytest.raises(SweepSpecError, match=r"scenario 'W-only'.*lambda_brr"):
+        build_sweep(doc)
+
+
+def test_ablation_value_must_be_reported() -> None:
+    doc = yaml.safe_load(load_preset_text("demo"))
+    doc["ablation"] = [{"name": "x", "rows": "quant.scheme", "value": "val/acc"}]
+    with pytest.raises(SweepSpecError, match=r"ablation\[0\]\.value"):
+        build_sweep(doc)
+
+
+def test_optuna_refuses_grids() -> None:
+    with pytest.raises(SweepSpecError, match="optuna does not search grids"):
+        load_sweep("demo", ["search.space.train.seed={dist: grid, values: [0, 1]}"])
