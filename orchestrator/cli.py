@@ -21,11 +21,18 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from orchestrator.jobs import JobError
     from orchestrator.spec import SweepSpecError
     from trainables.config import ConfigError
     from trainables.data import DataError
 
-    errors: list[type[BaseException]] = [UserError, SweepSpecError, ConfigError, DataError]
+    errors: list[type[BaseException]] = [
+        UserError,
+        SweepSpecError,
+        ConfigError,
+        DataError,
+        JobError,
+    ]
     errors.append(FileNotFoundError)
     try:
         from orchestrator.tracking import TrackingUnreachableError
@@ -150,6 +157,70 @@ def cmd_report(args: argparse.Namespace) -> int:
                         out_dir=args.out)  # fmt: skip
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``bitsweep submit SPEC|PRESET [KEY=VALUE ...] --address URL [--wait]``."""
+    from orchestrator import jobs
+    from orchestrator.spec import load_sweep
+
+    spec = load_sweep(args.spec, args.overrides)
+    client, job_id = jobs.submit(
+        spec,
+        address=args.address,
+        ship_project=args.ship_project,
+        python=args.python,
+        job_id=args.job_id,
+    )
+    print(f"submitted sweep {spec.name} as job {job_id}")
+    if not args.wait:
+        print(f"follow it with: bitsweep logs {job_id} --follow")
+        return EXIT_OK
+    status = jobs.wait(client, job_id)
+    print(f"job {job_id}: {status}")
+    return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``bitsweep status JOB``: the job's status and message."""
+    from orchestrator import jobs
+
+    info = jobs.client(args.address).get_job_info(args.job)
+    print(f"{args.job}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """``bitsweep logs JOB [--follow]``: the job's driver output."""
+    from orchestrator import jobs
+
+    client = jobs.client(args.address)
+    if args.follow:
+        jobs.wait(client, args.job)
+    else:
+        print(client.get_job_logs(args.job), end="")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """``bitsweep stop JOB``: ask the cluster to stop the job."""
+    from orchestrator import jobs
+
+    stopped = jobs.client(args.address).stop_job(args.job)
+    print(f"{args.job}: {'stop requested' if stopped else 'already finished'}")
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``bitsweep jobs``: the cluster's jobs, newest first."""
+    from orchestrator import jobs
+
+    listed = jobs.client(args.address).list_jobs()
+    listed.sort(key=lambda j: j.start_time or 0, reverse=True)
+    for job in listed:
+        sweep = (job.metadata or {}).get("bitsweep.sweep", "-")
+        print(f"{job.submission_id or job.job_id}  {job.status.value:<9}  sweep {sweep}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -193,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--experiment", default="bitsweep")
     report.add_argument("--out", default=".", help="where to write the plots")
+
+    address_help = "the head's dashboard, e.g. http://HEAD:8265 (default: BITSWEEP_DASHBOARD_URL)"
+    submit = add("submit", cmd_submit, "send a sweep to a running Ray cluster as a job")
+    submit.add_argument("spec", help="a sweep YAML file or a preset name")
+    submit.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    submit.add_argument("--address", help=address_help)
+    submit.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
+    ship_help = "upload bitsweep's packages with the job (for a cluster without bitsweep)"
+    submit.add_argument("--ship-project", action="store_true", help=ship_help)
+    submit.add_argument("--python", help="the cluster-side interpreter (default: Ray's own there)")
+    submit.add_argument("--job-id", help="a submission id (default: generated)")
+    for name, fn, text in (("status", cmd_status, "a job's status"),
+                           ("logs", cmd_logs, "a job's output"),
+                           ("stop", cmd_stop, "stop a job")):  # fmt: skip
+        p = add(name, fn, text)
+        p.add_argument("job", help="the submission id printed by submit")
+        p.add_argument("--address", help=address_help)
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
+    jobs_cmd = add("jobs", cmd_jobs, "list the cluster's jobs")
+    jobs_cmd.add_argument("--address", help=address_help)
     return parser
 
 

@@ -22,6 +22,19 @@ set -euo pipefail
 BITSWEEP_CLUSTER_DIR="${BITSWEEP_CLUSTER_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/bitsweep/cluster}"
 # Ray's executable; a virtual environment's bin/ray keeps Ray and Python versions explicit.
 BITSWEEP_RAY="${BITSWEEP_RAY:-ray}"
+
+# The interpreter Ray runs on, exported into every Ray process's environment: a submitted sweep's
+# entrypoint (orchestrator/jobs.py) runs bitsweep with it instead of whatever python is first on
+# the node's PATH. A virtualenv's bin/ray has it in its shebang line.
+bs_export_python() {
+    local ray_path shebang
+    [ -n "${BITSWEEP_PYTHON:-}" ] && { export BITSWEEP_PYTHON; return; }
+    ray_path=$(command -v "$BITSWEEP_RAY" 2>/dev/null) || return 0
+    shebang=$(head -n1 "$ray_path" 2>/dev/null || true)
+    case "$shebang" in
+        '#!'*python*) BITSWEEP_PYTHON="${shebang#\#!}"; export BITSWEEP_PYTHON ;;
+    esac
+}
 BITSWEEP_START_TIMEOUT="${BITSWEEP_START_TIMEOUT:-90}"
 BITSWEEP_STOP_TIMEOUT="${BITSWEEP_STOP_TIMEOUT:-45}"
 

@@ -108,6 +108,7 @@ bs_log "starting the head: $BITSWEEP_RAY ${args[*]}"
 # --block keeps `ray start` in the foreground as the parent of every Ray process of this
 # node: SIGTERM to it drains the node and stops them all (Ray's own shutdown hook), and the
 # children die with it (PR_SET_PDEATHSIG) even if it is killed.
+bs_export_python
 bs_spawn "$NODE_DIR" "$LOG" "$BITSWEEP_RAY" "${args[@]}"
 HEAD_PID="$BS_PID"
 # A head that never became ready is not left behind.

@@ -130,6 +130,7 @@ args+=("$@")
 LOG="$NODE_DIR/ray.log"
 bs_log "starting $NAME: $BITSWEEP_RAY ${args[*]}"
 # Same shape as the head: `ray start --block` is the parent of this node's processes.
+bs_export_python
 bs_spawn "$NODE_DIR" "$LOG" "$BITSWEEP_RAY" "${args[@]}"
 # A node that never became ready is not left behind.
 trap 'bs_log "start-up failed; stopping what was started"; BITSWEEP_STOP_TIMEOUT=5 bs_stop_service "$NODE_DIR" || true' EXIT
