@@ -320,4 +320,8 @@ def _one_message(err: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module, not __main__'s copy, so that the error classes other modules
+    # import from orchestrator.cli are the ones main() catches.
+    from orchestrator.cli import main as package_main
+
+    sys.exit(package_main())

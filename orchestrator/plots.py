@@ -1,22 +1,61 @@
-"""PNG plots of a sweep's results: ablation heatmaps and Pareto fronts (matplotlib, Agg backend)."""
+"""Plots of a sweep's results: ablation heatmaps, Pareto fronts, learning curves, learned
+bit-widths, exit-layer distributions and growth timelines.
+
+Every ``*_figure``/``*_plot``/``learning_curves``/``growth_timeline`` function returns a matplotlib
+:class:`~matplotlib.figure.Figure` and, given a ``path``, also saves it as a PNG. Figures are made
+without pyplot's global state, so a long-running Tune driver never accumulates open figures; in a
+Jupyter kernel they display with ``display(fig)`` or as a cell's last value. ``ablation_heatmap``
+and ``pareto_plot`` are the file-only forms the tracker writes to the parent run.
+
+Tables come from :mod:`orchestrator.results`: the trial table (one row per trial, final metrics as
+columns such as ``bits/<layer>`` and ``route/exit_frac/<layer>``) and the long-form metric history
+(``trial_id``, ``run_id``, ``metric``, ``step``, ``value``).
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import matplotlib
-
-# Headless: the plots are written by the Tune driver, a CI job or a cluster node with no display.
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .analysis import Objective, TableLike, as_frame, objective_matrix, pareto_front
+
+DPI = 110
+BITS_PREFIX = "bits/"
+EXIT_PREFIX = "route/exit_frac/"
+HISTORY_COLUMNS = ("trial_id", "run_id", "metric", "step", "value")
+
+
+def _use_backend() -> None:
+    """Agg (headless) everywhere but a Jupyter kernel, whose inline backend shows the figures.
+
+    The plots are written by the Tune driver, a CI job or a cluster node with no display. In a
+    kernel, loading the inline backend through pyplot is what registers the PNG formatter that
+    lets ``display(fig)`` draw a pyplot-free Figure.
+    """
+    if "ipykernel" in sys.modules:
+        try:
+            import matplotlib.pyplot as plt
+
+            plt.switch_backend(matplotlib.get_backend())
+            return
+        except Exception:  # a GUI backend without a display: fall back to files only
+            pass
+    matplotlib.use("Agg")
+
+
+_use_backend()
 
 
 def _fmt(value: float) -> str:
@@ -30,6 +69,105 @@ def _label(key: object) -> str:
     return str(key)
 
 
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI)
+    return fig
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``layers.2`` before ``layers.10`` (digit runs compare as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def prefixed_columns(table: pd.DataFrame, prefix: str) -> list[str]:
+    """The columns named ``prefix<something>`` in natural order (``bits/layers.0`` ...)."""
+    return sorted((str(c) for c in table.columns if str(c).startswith(prefix)), key=natural_key)
+
+
+def _colors(n: int) -> list[Any]:
+    """The default cycle for a few lines; evenly spaced viridis colors for many."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(i / max(1, n - 1)) for i in range(n)]
+
+
+def _select_trials(table: pd.DataFrame, trial_ids: Sequence[str] | None) -> pd.DataFrame:
+    if trial_ids is None or "trial_id" not in table:
+        return table
+    known = set(table["trial_id"])
+    missing = [t for t in trial_ids if t not in known]
+    if missing:
+        raise ValueError(f"unknown trial ids {missing}; the table has {sorted(known)}")
+    order = {t: i for i, t in enumerate(trial_ids)}
+    chosen = table[table["trial_id"].isin(order)]
+    return chosen.iloc[np.argsort([order[t] for t in chosen["trial_id"]], kind="stable")]
+
+
+def _trial_label(trial_id: str, labels: Mapping[str, str] | None) -> str:
+    return str(labels.get(trial_id, trial_id)) if labels else str(trial_id)
+
+
+def _trial_legend(fig: Figure, ax: Axes, n_trials: int, max_legend: int) -> None:
+    """One legend under the plots (long labels would hide the data inside an axis); none for
+    sweeps with more than ``max_legend`` trials, whose curves the colors tell apart."""
+    if n_trials > max_legend:
+        return
+    handles, texts = ax.get_legend_handles_labels()
+    if handles:
+        ncols = 1 if max(len(t) for t in texts) > 40 else min(3, len(texts))
+        fig.legend(handles, texts, loc="outside lower center", ncols=ncols, fontsize=7)
+
+
+# ---- ablation heatmap ----------------------------------------------------------------------------
+
+
+def ablation_figure(
+    mean: pd.DataFrame,
+    std: pd.DataFrame,
+    path: str | Path | None = None,
+    *,
+    title: str | None = None,
+    value: str | None = None,
+    count: pd.DataFrame | None = None,
+) -> Figure:
+    """The ablation matrix as a heatmap, each cell annotated ``mean ± std`` (and ``n=`` with
+    ``count``); empty cells (NaN mean) are blank. Saved as PNG when ``path`` is given.
+
+    ``mean``, ``std`` and ``count`` come from :func:`orchestrator.analysis.ablation_matrix` and
+    :func:`~orchestrator.analysis.ablation_counts` (or :meth:`SweepResults.ablation`).
+    """
+    values = mean.to_numpy(dtype=float)
+    n_rows, n_cols = values.shape
+    fig = Figure(figsize=(max(4.0, 1.6 * n_cols + 2.0), max(3.0, 0.8 * n_rows + 1.8)))
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=value or "")
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i, j in itertools.product(range(n_rows), range(n_cols)):
+        m = values[i, j]
+        if not np.isfinite(m):
+            continue
+        s = float(std.iat[i, j])
+        text = _fmt(m) if math.isnan(s) else f"{_fmt(m)}\n± {_fmt(s)}"
+        if count is not None:
+            text += f"\nn={int(count.iat[i, j])}"
+        # Dark cells get white text so the labels stay readable on the whole colormap.
+        color = "white" if m < middle else "black"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(n_cols), [_label(c) for c in mean.columns])
+    ax.set_yticks(range(n_rows), [_label(r) for r in mean.index])
+    ax.set_xlabel(str(mean.columns.name or ""))
+    ax.set_ylabel(str(mean.index.name or ""))
+    ax.set_title(title or (f"{value}: mean ± std" if value else "mean ± std"))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def ablation_heatmap(
     mean: pd.DataFrame,
     std: pd.DataFrame,
@@ -39,54 +177,57 @@ def ablation_heatmap(
     value: str | None = None,
     count: pd.DataFrame | None = None,
 ) -> Path:
-    """Draw the ablation matrix as a heatmap with each cell annotated ``mean ± std``; save as PNG.
+    """Save :func:`ablation_figure` as a PNG at ``path``; returns the path."""
+    ablation_figure(mean, std, path, title=title, value=value, count=count)
+    return Path(path)
 
-    ``mean`` and ``std`` come from :func:`orchestrator.analysis.ablation_matrix`; empty cells
-    (NaN mean) are left blank; with ``count``, each cell also shows ``n=``. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    values = mean.to_numpy(dtype=float)
-    n_rows, n_cols = values.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * n_cols + 2.0), max(3.0, 0.8 * n_rows + 1.8)))
-    try:
-        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
-        fig.colorbar(image, ax=ax, label=value or "")
-        finite = values[np.isfinite(values)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for i, j in itertools.product(range(n_rows), range(n_cols)):
-            m = values[i, j]
-            if not np.isfinite(m):
-                continue
-            s = float(std.iat[i, j])
-            text = _fmt(m) if math.isnan(s) else f"{_fmt(m)}\n± {_fmt(s)}"
-            if count is not None:
-                text += f"\nn={int(count.iat[i, j])}"
-            # Dark cells get white text so the labels stay readable on the whole colormap.
-            ax.text(
-                j,
-                i,
-                text,
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if m < middle else "black",
-            )
-        ax.set_xticks(range(n_cols), [_label(c) for c in mean.columns])
-        ax.set_yticks(range(n_rows), [_label(r) for r in mean.index])
-        ax.set_xlabel(str(mean.columns.name or ""))
-        ax.set_ylabel(str(mean.index.name or ""))
-        ax.set_title(title or (f"{value}: mean ± std" if value else "mean ± std"))
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+
+# ---- Pareto front --------------------------------------------------------------------------------
 
 
 def _axis_label(objective: Objective) -> str:
     name, mode = objective
     return f"{name} ({'lower' if mode == 'min' else 'higher'} is better)"
+
+
+def pareto_figure(
+    table: TableLike,
+    objectives: Sequence[Objective],
+    path: str | Path | None = None,
+    *,
+    front: pd.DataFrame | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Every trial and the Pareto front for 2 objectives (one panel) or 3 (pairwise panels).
+
+    With two objectives the front is drawn as a line through its points; with three, each
+    panel projects all trials and highlights the front's points.
+    """
+    if len(objectives) not in (2, 3):
+        raise ValueError(f"pareto_plot draws 2 or 3 objectives, got {len(objectives)}")
+    df = as_frame(table)
+    if front is None:
+        front = pareto_front(df, objectives)
+    raw = objective_matrix(df, [(name, "min") for name, _ in objectives])
+    front_raw = objective_matrix(front, [(name, "min") for name, _ in objectives])
+    pairs = list(itertools.combinations(range(len(objectives)), 2))
+    fig = Figure(figsize=(5.0 * len(pairs), 4.2))
+    axes = fig.subplots(1, len(pairs), squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs, strict=True):
+        ax.scatter(raw[:, a], raw[:, b], s=22, color="0.6", label="trials")
+        ax.scatter(
+            front_raw[:, a], front_raw[:, b], s=40, color="tab:red", zorder=3, label="Pareto front"
+        )
+        if len(objectives) == 2 and len(front_raw):
+            order = np.argsort(front_raw[:, a], kind="stable")
+            ax.plot(front_raw[order, a], front_raw[order, b], color="tab:red", linewidth=1.2)
+        ax.set_xlabel(_axis_label(objectives[a]))
+        ax.set_ylabel(_axis_label(objectives[b]))
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(title or f"Pareto front ({len(front)} of {len(df)} trials)")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def pareto_plot(
@@ -97,43 +238,232 @@ def pareto_plot(
     front: pd.DataFrame | None = None,
     title: str | None = None,
 ) -> Path:
-    """Plot every trial and the Pareto front for 2 objectives (one panel) or 3 (pairwise panels).
+    """Save :func:`pareto_figure` as a PNG at ``path``; returns the path."""
+    pareto_figure(table, objectives, path, front=front, title=title)
+    return Path(path)
 
-    With two objectives the front is drawn as a line through its points; with three, each
-    panel projects all trials and highlights the front's points. Returns the saved PNG's path.
+
+# ---- metric histories ----------------------------------------------------------------------------
+
+
+def _check_history(history: pd.DataFrame) -> None:
+    missing = [c for c in ("trial_id", "metric", "step", "value") if c not in history]
+    if missing:
+        raise ValueError(
+            f"expected a long-form history (SweepResults.history) with columns "
+            f"{list(HISTORY_COLUMNS)}; missing {missing}"
+        )
+
+
+def _step_axis(ax: Axes) -> None:
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.grid(True, alpha=0.3)
+
+
+def _series(history: pd.DataFrame, trial_id: str, metric: str) -> pd.DataFrame:
+    rows = history[(history["trial_id"] == trial_id) & (history["metric"] == metric)]
+    return rows.sort_values("step", kind="stable")
+
+
+def learning_curves(
+    history: pd.DataFrame,
+    path: str | Path | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    title: str | None = None,
+    max_legend: int = 12,
+) -> Figure:
+    """Each metric against ``step``, one panel per metric and one line per trial.
+
+    ``history`` is :meth:`SweepResults.history`'s long form; ``metrics`` picks and orders the
+    panels (default: every metric in it); ``labels`` maps trial ids to legend text. Sweeps with
+    more than ``max_legend`` trials get no legend (it would hide the curves).
     """
-    if len(objectives) not in (2, 3):
-        raise ValueError(f"pareto_plot draws 2 or 3 objectives, got {len(objectives)}")
-    df = as_frame(table)
-    if front is None:
-        front = pareto_front(df, objectives)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = objective_matrix(df, [(name, "min") for name, _ in objectives])
-    front_raw = objective_matrix(front, [(name, "min") for name, _ in objectives])
-    pairs = list(itertools.combinations(range(len(objectives)), 2))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.0 * len(pairs), 4.2), squeeze=False)
-    try:
-        for ax, (a, b) in zip(axes[0], pairs, strict=True):
-            ax.scatter(raw[:, a], raw[:, b], s=22, color="0.6", label="trials")
-            ax.scatter(
-                front_raw[:, a],
-                front_raw[:, b],
-                s=40,
-                color="tab:red",
-                zorder=3,
-                label="Pareto front",
+    _check_history(history)
+    names = list(metrics) if metrics is not None else list(dict.fromkeys(history["metric"]))
+    absent = [m for m in names if m not in set(history["metric"])]
+    if not names or absent:
+        raise ValueError(f"no history for metrics {absent or names}; fetch them with history()")
+    trials = sorted(dict.fromkeys(history["trial_id"]), key=natural_key)
+    colors = _colors(len(trials))
+    cols = min(len(names), 3)
+    n_rows = -(-len(names) // cols)
+    fig = Figure(figsize=(5.0 * cols, 3.6 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
+    for ax, metric in zip(axes, names, strict=False):
+        for color, trial in zip(colors, trials, strict=True):
+            rows = _series(history, trial, metric)
+            if len(rows):
+                label = _trial_label(trial, labels)
+                ax.plot(rows["step"], rows["value"], marker=".", color=color, label=label)
+        _step_axis(ax)
+        ax.set_ylabel(metric)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    _trial_legend(fig, axes[0], len(trials), max_legend)
+    fig.suptitle(title or f"learning curves ({len(trials)} trials)")
+    return _save(fig, path)
+
+
+def growth_timeline(
+    history: pd.DataFrame,
+    path: str | Path | None = None,
+    *,
+    metric: str = "val/loss",
+    stage_metric: str = "growth/stage",
+    labels: Mapping[str, str] | None = None,
+    title: str | None = None,
+    max_legend: int = 12,
+) -> Figure:
+    """The ``metric`` curve of each trial with a dashed vertical line, in the trial's color,
+    at every step where ``growth/stage`` increased (the model grew there).
+
+    ``history`` must hold both metrics (``results.history([metric, stage_metric])``).
+    """
+    _check_history(history)
+    if metric not in set(history["metric"]):
+        raise ValueError(f"no history for {metric!r}; fetch it with history([{metric!r}, ...])")
+    trials = sorted(dict.fromkeys(history["trial_id"]), key=natural_key)
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    grown = 0
+    for color, trial in zip(_colors(len(trials)), trials, strict=True):
+        curve = _series(history, trial, metric)
+        ax.plot(curve["step"], curve["value"], color=color, label=_trial_label(trial, labels))
+        stages = _series(history, trial, stage_metric)
+        previous = stages["value"].shift(1)
+        for step, stage in stages[stages["value"] > previous][["step", "value"]].itertuples(
+            index=False
+        ):
+            ax.axvline(step, color=color, linestyle="--", linewidth=1.0, alpha=0.8)
+            ax.annotate(
+                f"stage {int(stage)}",
+                (step, 1.0),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=7,
+                color=color,
             )
-            if len(objectives) == 2 and len(front_raw):
-                order = np.argsort(front_raw[:, a], kind="stable")
-                ax.plot(front_raw[order, a], front_raw[order, b], color="tab:red", linewidth=1.2)
-            ax.set_xlabel(_axis_label(objectives[a]))
-            ax.set_ylabel(_axis_label(objectives[b]))
-            ax.grid(True, alpha=0.3)
-        axes[0][0].legend(loc="best", fontsize=8)
-        fig.suptitle(title or f"Pareto front ({len(front)} of {len(df)} trials)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+            grown += 1
+    _step_axis(ax)
+    ax.set_ylabel(metric)
+    _trial_legend(fig, ax, len(trials), max_legend)
+    ax.set_title(title or f"{metric} and growth events ({grown} in {len(trials)} trials)")
+    return _save(fig, path)
+
+
+# ---- per-layer final values ----------------------------------------------------------------------
+
+
+def _layer_matrix(
+    table: TableLike, prefix: str, trial_ids: Sequence[str] | None, what: str
+) -> pd.DataFrame:
+    """Trials x layers of the final ``<prefix><layer>`` metrics (index: trial ids)."""
+    df = _select_trials(as_frame(table), trial_ids)
+    columns = prefixed_columns(df, prefix)
+    if not columns:
+        raise ValueError(f"the trial table has no {prefix}<layer> columns: {what}")
+    index = df.get("trial_id", df.index)
+    matrix = df[columns].apply(pd.to_numeric, errors="coerce")
+    matrix.index = pd.Index(list(index), name="trial_id")
+    matrix.columns = pd.Index([c[len(prefix) :] for c in columns], name="layer")
+    return matrix.dropna(how="all")
+
+
+def _grouped_bars(
+    fig: Figure, ax: Axes, matrix: pd.DataFrame, labels: Mapping[str, str] | None
+) -> None:
+    n_trials, n_layers = matrix.shape
+    width = 0.8 / max(1, n_trials)
+    x = np.arange(n_layers)
+    for k, (color, (trial, row)) in enumerate(
+        zip(_colors(n_trials), matrix.iterrows(), strict=True)
+    ):
+        offset = (k - (n_trials - 1) / 2) * width
+        ax.bar(
+            x + offset,
+            row.to_numpy(dtype=float),
+            width,
+            color=color,
+            label=_trial_label(trial, labels),
+        )
+    ax.set_xticks(x, [str(c) for c in matrix.columns], rotation=30 if n_layers > 6 else 0)
+    ax.grid(True, axis="y", alpha=0.3)
+    _trial_legend(fig, ax, n_trials, 12)
+
+
+def bit_widths_plot(
+    table: TableLike,
+    path: str | Path | None = None,
+    *,
+    trial_ids: Sequence[str] | None = None,
+    kind: Literal["auto", "bars", "heatmap"] = "auto",
+    labels: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Learned per-layer bit-widths (the final ``bits/<layer>`` metrics) of the chosen trials.
+
+    ``bars``: one group of bars per layer, a bar per trial; ``heatmap``: trials x layers with each
+    width written in its cell; ``auto``: bars for up to 6 trials, else the heatmap.
+    """
+    matrix = _layer_matrix(
+        table, BITS_PREFIX, trial_ids, "the sweep has no learnable bit-widths (adaptive scheme)"
+    )
+    if kind == "auto":
+        kind = "bars" if len(matrix) <= 6 else "heatmap"
+    n_trials, n_layers = matrix.shape
+    if kind == "bars":
+        width = max(5.0, 0.5 * n_layers * max(1, n_trials) ** 0.5 + 3.0)
+        fig = Figure(figsize=(width, 4.0 + 0.15 * n_trials), layout="constrained")
+        ax = fig.subplots()
+        _grouped_bars(fig, ax, matrix, labels)
+        ax.set_ylabel("learned bits (rounded)")
+    elif kind == "heatmap":
+        height = max(3.0, 0.35 * n_trials + 1.8)
+        fig = Figure(figsize=(max(5.0, 0.7 * n_layers + 2.5), height), layout="constrained")
+        ax = fig.subplots()
+        values = matrix.to_numpy(dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, label="bits")
+        finite = values[np.isfinite(values)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        if values.size <= 400:  # beyond that the numbers overlap; the colors still tell
+            for i, j in itertools.product(range(n_trials), range(n_layers)):
+                v = values[i, j]
+                if np.isfinite(v):
+                    color = "white" if v < middle else "black"
+                    ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7, color=color)
+        ax.set_xticks(range(n_layers), [str(c) for c in matrix.columns], rotation=30)
+        ax.set_yticks(range(n_trials), [_trial_label(t, labels) for t in matrix.index])
+        ax.set_ylabel("trial")
+    else:
+        raise ValueError(f"kind must be 'auto', 'bars' or 'heatmap', got {kind!r}")
+    ax.set_xlabel("layer")
+    ax.set_title(title or f"learned bit-widths per layer ({n_trials} trials)")
+    return _save(fig, path)
+
+
+def exit_distribution_plot(
+    table: TableLike,
+    path: str | Path | None = None,
+    *,
+    trial_ids: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Where early-exit inference leaves the model: the final ``route/exit_frac/<layer>`` of the
+    chosen trials as grouped bars (fraction of sequences per exit layer, 1..L)."""
+    matrix = _layer_matrix(table, EXIT_PREFIX, trial_ids, "the sweep's models have no early exits")
+    size = (max(5.0, 0.6 * matrix.shape[1] + 3.0), 4.0 + 0.15 * len(matrix))
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.subplots()
+    _grouped_bars(fig, ax, matrix, labels)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel("fraction of sequences")
+    ax.set_title(title or f"exit-layer distribution ({len(matrix)} trials)")
+    return _save(fig, path)

@@ -813,8 +813,12 @@ def write_sweep_artifacts(
     for spec in ablations:
         rows, cols, value = (_field(spec, k) for k in ("rows", "cols", "value"))
         name = str(_field(spec, "name") or f"{value}_by_{rows}").replace("/", "_")
+        # a failed trial keeps its cell (the grid keeps its shape), not its partial value
+        valued = table.copy()
+        if "status" in valued and value in valued:
+            valued.loc[valued["status"] == FAILED, value] = float("nan")
         try:
-            long = ablation_table(table, rows, cols, value)
+            long = ablation_table(valued, rows, cols, value)
         except ValueError as err:
             warnings.append(f"ablation {name!r} skipped: {err}")
             continue

@@ -1,0 +1,562 @@
+"""Read a sweep back from MLflow for analysis: the trial table, metric histories, Pareto fronts and
+ablation matrices. What notebooks and ``bitsweep report`` use.
+
+``load_sweep("br-ablation")`` finds the sweep's parent run (tag ``bitsweep.sweep``, the newest if
+the name ran several times) or takes a parent run id, then reads its child runs into a
+:class:`SweepResults`. The run layout is the one :mod:`orchestrator.tracking` writes; the same
+code reads a local sqlite/file store and an MLflow server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import urllib.parse
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+from .analysis import (
+    Objective,
+    ablation_matrix,
+    ablation_table,
+    matrices_from_table,
+    pareto_front,
+)
+from .cli import UserError
+
+# orchestrator.tracking imports Ray, which in a notebook without ipywidgets logs a hint and makes
+# tqdm warn about it: noise in the first cell of every analysis notebook, so both are hushed.
+logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from .tracking import (
+        DEFAULT_EXPERIMENT,
+        FAILED,
+        RUNNING,
+        TABLE_KEYS,
+        TrackingUnreachableError,
+        _local_store_path,
+        check_reachable,
+        decode_param,
+        encode_param,
+        resolve_tracking_uri,
+    )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+HISTORY_COLUMNS = ["trial_id", "run_id", "metric", "step", "value"]
+BEST_PREFIX = "best/"
+# Keys of search_space.json (the sweep's ``search`` block) that are not searched keys.
+SEARCH_FIELDS = {"algorithm", "num_samples", "metric", "mode", "objectives", "scheduler", "seed"}
+
+
+class ResultsError(UserError, ValueError):
+    """A request the sweep's results cannot answer (an unknown metric, trial or key)."""
+
+
+class SweepNotFoundError(ResultsError):
+    """No sweep of that name, and no parent run with that id, in the tracking store."""
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """MLflow draws a progress bar per download; in a report or notebook that is noise."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def _check_store(uri: str) -> None:
+    """Reading must not create an empty store: a local one has to exist; a server must answer."""
+    path = _local_store_path(uri)
+    if path is None:
+        check_reachable(uri)
+    elif not path.exists():
+        where = "" if path.is_absolute() else f" in the working directory {Path.cwd()}"
+        raise TrackingUnreachableError(
+            f"MLflow store {uri} does not exist ({path} not found{where}): run a sweep first, "
+            "or pass the tracking URI the sweep logged to (--tracking-uri, MLFLOW_TRACKING_URI "
+            "or a notebook's BITSWEEP_TRACKING_URI; sqlite:////abs/path/mlflow.db)"
+        )
+
+
+def _get_run(client: MlflowClient, run_id: str) -> Run | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def _sweep_names(client: MlflowClient, experiment_id: str) -> list[str]:
+    runs = client.search_runs([experiment_id], "tags.`bitsweep.role` = 'sweep'", max_results=1000)
+    return sorted({r.data.tags.get("bitsweep.sweep", r.info.run_id) for r in runs})
+
+
+def _find_parent(client: MlflowClient, uri: str, experiment: str, sweep: str) -> Run:
+    """The parent run of ``sweep`` (a name, newest first, or a parent run id)."""
+    found = client.get_experiment_by_name(experiment)
+    quoted = any(q in sweep for q in "'\"`\\")  # cannot be a sweep name; would break the filter
+    if found is not None and sweep and not quoted:
+        runs = client.search_runs(
+            [found.experiment_id],
+            f"tags.`bitsweep.sweep` = '{sweep}' and tags.`bitsweep.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0]
+    if RUN_ID.match(sweep):
+        run = _get_run(client, sweep)
+        if run is not None:
+            tags = run.data.tags
+            if tags.get("bitsweep.role") == "sweep":
+                return run
+            if tags.get("bitsweep.role") == "trial":
+                raise SweepNotFoundError(
+                    f"run {sweep} is trial {tags.get('bitsweep.trial_id')} of sweep "
+                    f"{tags.get('bitsweep.sweep')!r}; pass the sweep's name or its parent run id "
+                    f"{tags.get('mlflow.parentRunId')}"
+                )
+            raise SweepNotFoundError(f"run {sweep} at {uri} is not a bitsweep sweep's parent run")
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise SweepNotFoundError(
+            f"no sweep {sweep!r} at {uri}: experiment {experiment!r} does not exist (experiments "
+            f"there: {', '.join(names) or 'none'}); pass --experiment / experiment="
+        )
+    names = _sweep_names(client, found.experiment_id)
+    listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+    raise SweepNotFoundError(
+        f"no sweep named {sweep!r} (and no parent run with that id) in experiment "
+        f"{experiment!r} at {uri}; sweeps there: {listed or 'none'}"
+    )
+
+
+def _children(client: MlflowClient, parent: Run) -> list[Run]:
+    """Every trial run of the parent (all pages), ordered by trial id."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(r for r in page if "bitsweep.trial_id" in r.data.tags)
+        token = page.token
+        if not token:
+            return sorted(runs, key=lambda r: r.data.tags["bitsweep.trial_id"])
+
+
+def _as_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return encode_param(value.tolist() if hasattr(value, "tolist") else value)
+
+
+@dataclass(eq=False)  # holds DataFrames and a client: identity is the only sensible equality
+class SweepResults:
+    """One sweep read from MLflow.
+
+    ``trials`` has one row per trial: ``trial_id``, ``run_id``, ``status`` (``finished``,
+    ``stopped_early``, ``failed``, ``running``), ``error``, the typed dotted params, the final
+    (latest-step) value of every metric, and ``best/<metric>`` per objective: its best value over
+    the trial's whole history by the objective's mode.
+    """
+
+    parent_run_id: str
+    name: str
+    objectives: list[Objective]
+    trials: pd.DataFrame
+    tracking_uri: str
+    experiment: str
+    tags: dict[str, str] = field(default_factory=dict)
+    _client: Any = field(default=None, repr=False)
+    _history: dict[tuple[str, str], list[tuple[int, float]]] = field(
+        default_factory=dict, repr=False
+    )
+    _artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        counts = self.trials["status"].value_counts().to_dict() if len(self.trials) else {}
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+        objectives = ", ".join(f"{m} ({mode})" for m, mode in self.objectives)
+        return (
+            f"SweepResults({self.name!r}, parent run {self.parent_run_id}, {len(self.trials)} "
+            f"trials: {summary}; objectives: {objectives or 'none'})"
+        )
+
+    # ---- tables ---------------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metric names of the trial table (final values), ``best/`` columns excluded."""
+        return [
+            c
+            for c in self.trials.columns
+            if ("/" in c or c == "step") and not c.startswith(BEST_PREFIX)
+        ]
+
+    @property
+    def params(self) -> list[str]:
+        """The param (dotted config key) columns of the trial table."""
+        skip = set(TABLE_KEYS)
+        return [c for c in self.trials.columns if c not in skip and "/" not in c and c != "step"]
+
+    def completed_trials(self) -> pd.DataFrame:
+        """The trials that did not fail (finished or stopped early, or still running)."""
+        return self.trials[self.trials["status"] != FAILED]
+
+    def to_arrow(self) -> pa.Table:
+        """The trial table as a pyarrow Table; a param mixing types (``"auto"`` and ``true``)
+        becomes text, as MLflow shows it."""
+        table = self.trials.copy()
+        for column in table.columns:
+            if pd.api.types.is_object_dtype(table[column]):
+                try:
+                    pa.array(table[column], from_pandas=True)
+                except (TypeError, ValueError, pa.ArrowException):
+                    table[column] = table[column].map(_as_text)
+        return pa.Table.from_pandas(table, preserve_index=False)
+
+    def summary(self) -> pd.DataFrame:
+        """A compact trial table: ids, status, the searched keys, objectives (final and best),
+        sorted by the first objective (best first; failed trials last)."""
+        objective_cols = [m for m, _ in self.objectives if m in self.trials]
+        best_cols = [f"{BEST_PREFIX}{m}" for m, _ in self.objectives]
+        keys = [k for k in self.searched_keys() if k in self.trials]
+        columns = ["trial_id", "status", *keys, *objective_cols, *best_cols, "run_id"]
+        table = self.trials[[c for c in dict.fromkeys(columns) if c in self.trials]]
+        if objective_cols and len(table):
+            metric, mode = self.objectives[0]
+            values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
+            rank = pd.DataFrame({"failed": (table["status"] == FAILED).to_numpy(), "key": values})
+            if mode == "max":
+                rank["key"] = -rank["key"]
+            order = rank.sort_values(["failed", "key"], na_position="last", kind="stable").index
+            table = table.iloc[order]
+        return table.reset_index(drop=True)
+
+    def trial_labels(self, keys: Sequence[str] | None = None) -> dict[str, str]:
+        """Legend text per trial id: the id and the values of ``keys`` (default: searched)."""
+        keys = [k for k in (self.searched_keys() if keys is None else keys) if k in self.trials]
+        labels = {}
+        for _, row in self.trials.iterrows():
+            values = [f"{k.rsplit('.', 1)[-1]}={_short(row[k])}" for k in keys]
+            labels[row["trial_id"]] = " ".join([str(row["trial_id"]), *values])
+        return labels
+
+    def best(self, objective: str | None = None) -> pd.Series:
+        """The trial row with the best final value of ``objective`` (default: the first one),
+        among the trials that did not fail."""
+        metric, mode = self._objective(objective)
+        completed = self.completed_trials()
+        values = pd.to_numeric(completed[metric], errors="coerce") if metric in completed else None
+        if values is None or values.isna().all():
+            raise ResultsError(f"no completed trial of sweep {self.name!r} reported {metric!r}")
+        index = values.idxmin() if mode == "min" else values.idxmax()
+        return self.trials.loc[index]
+
+    # ---- histories ------------------------------------------------------------------------------
+
+    def history(
+        self, metrics: Sequence[str] | str, trial_ids: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Step-wise values of ``metrics`` for ``trial_ids`` (default: every trial), long form:
+        ``trial_id``, ``run_id``, ``metric``, ``step``, ``value``, sorted in that order."""
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        for name in names:
+            self._require_metric(name)
+        runs = self._runs(trial_ids)
+        self._fetch([(run_id, name) for _, run_id in runs for name in names])
+        rows = [
+            (trial, run_id, name, step, value)
+            for trial, run_id in runs
+            for name in names
+            for step, value in self._history[(run_id, name)]
+        ]
+        frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+        frame["step"] = frame["step"].astype("int64")
+        frame["value"] = frame["value"].astype("float64")
+        return frame.sort_values(["trial_id", "metric", "step"], kind="stable").reset_index(
+            drop=True
+        )
+
+    def _runs(self, trial_ids: Sequence[str] | None) -> list[tuple[str, str]]:
+        pairs = list(zip(self.trials["trial_id"], self.trials["run_id"], strict=True))
+        if trial_ids is None:
+            return pairs
+        known = dict(pairs)
+        missing = [t for t in trial_ids if t not in known]
+        if missing:
+            raise ResultsError(
+                f"sweep {self.name!r} has no trials {missing}; its trials: {sorted(known)}"
+            )
+        return [(t, known[t]) for t in dict.fromkeys(trial_ids)]
+
+    def _require_metric(self, name: str) -> None:
+        if name in self.metrics:
+            return
+        close = difflib.get_close_matches(name, self.metrics, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ResultsError(f"no trial of sweep {self.name!r} reported metric {name!r}{hint}")
+
+    def _fetch(self, todo: Sequence[tuple[str, str]]) -> None:
+        """Fill the history cache for (run id, metric) pairs, in parallel against a server."""
+        todo = [key for key in dict.fromkeys(todo) if key not in self._history]
+        if not todo:
+            return
+
+        def one(key: tuple[str, str]) -> list[tuple[int, float]]:
+            points = self._client.get_metric_history(*key)
+            return sorted(((int(m.step), float(m.value)) for m in points), key=lambda p: p[0])
+
+        remote = urllib.parse.urlparse(self.tracking_uri).scheme in ("http", "https")
+        if remote and len(todo) > 1:  # one request per pair: overlap their round trips
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                results = list(pool.map(one, todo))
+        else:
+            results = [one(key) for key in todo]
+        self._history.update(zip(todo, results, strict=True))
+
+    # ---- analysis -------------------------------------------------------------------------------
+
+    def _objective(self, objective: str | Objective | None) -> Objective:
+        if objective is None:
+            if not self.objectives:
+                raise ResultsError(f"sweep {self.name!r} records no objectives; name a metric")
+            return self.objectives[0]
+        if isinstance(objective, str):
+            modes = dict(self.objectives)
+            if objective not in modes:
+                raise ResultsError(
+                    f"{objective!r} is not an objective of sweep {self.name!r} "
+                    f"({[m for m, _ in self.objectives]}); pass ({objective!r}, 'min'|'max')"
+                )
+            return objective, modes[objective]
+        metric, mode = objective
+        return str(metric), mode
+
+    def pareto(
+        self, objectives: Sequence[str | Objective] | None = None, *, include_failed: bool = False
+    ) -> pd.DataFrame:
+        """The non-dominated trials for ``objectives`` (default: the sweep's), by final values.
+
+        An objective is ``(metric, "min"|"max")`` or the name of one of the sweep's objectives.
+        Failed trials' partial metrics take no part unless ``include_failed``.
+        """
+        chosen = [self._objective(o) for o in (objectives or self.objectives)]
+        table = self.trials if include_failed else self.completed_trials()
+        try:
+            return pareto_front(table, chosen)
+        except ValueError as err:
+            raise ResultsError(f"sweep {self.name!r}: {err}") from None
+
+    def _ablation_input(self, value: str) -> pd.DataFrame:
+        """The trial table with failed trials' ``value`` blanked: their cells stay, uncounted."""
+        table = self.trials.copy()
+        if value in table:
+            table[value] = pd.to_numeric(table[value], errors="coerce").astype(float)
+            table.loc[table["status"] == FAILED, value] = math.nan
+        return table
+
+    def ablation(
+        self, rows: str, cols: str | None, value: str
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The rows x cols matrices of the mean and sample std (ddof=1) of ``value``'s final
+        values over every other key (seeds, for example). ``cols=None``: by ``rows`` alone.
+        Failed trials keep their cell but add no value. Counts: :meth:`ablation_cells`."""
+        try:
+            return ablation_matrix(self._ablation_input(value), rows, cols, value)
+        except ValueError as err:
+            raise ResultsError(f"sweep {self.name!r}: {err}") from None
+
+    def ablation_cells(self, rows: str, cols: str | None, value: str) -> pd.DataFrame:
+        """One row per ablation cell: the keys, ``mean``, ``std`` and ``count`` of ``value``."""
+        try:
+            return ablation_table(self._ablation_input(value), rows, cols, value)
+        except ValueError as err:
+            raise ResultsError(f"sweep {self.name!r}: {err}") from None
+
+    def ablation_counts(self, rows: str, cols: str | None, value: str) -> pd.DataFrame:
+        """How many trials' values each cell of :meth:`ablation` aggregates (0 where none)."""
+        cells = self.ablation_cells(rows, cols, value)
+        return matrices_from_table(cells, rows, cols, value)[2]
+
+    # ---- the parent's artifacts -----------------------------------------------------------------
+
+    def artifact_paths(self, folder: str = "") -> list[str]:
+        """The parent run's artifact paths in ``folder`` (not recursive)."""
+        return [f.path for f in self._client.list_artifacts(self.parent_run_id, folder or None)]
+
+    def download_artifact(self, path: str, dst: str | Path) -> Path:
+        """Download one parent artifact (file or folder) into ``dst``; returns the local path."""
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        with _quiet_downloads():
+            return Path(self._client.download_artifacts(self.parent_run_id, path, str(dst)))
+
+    def _artifact_text(self, path: str) -> str | None:
+        if path not in self._artifacts:
+            folder = path.rsplit("/", 1)[0] if "/" in path else ""
+            text = None
+            if path in self.artifact_paths(folder):
+                with tempfile.TemporaryDirectory(prefix="bitsweep-results-") as tmp:
+                    text = self.download_artifact(path, tmp).read_text()
+            self._artifacts[path] = text
+        return self._artifacts[path]
+
+    def spec(self) -> dict[str, Any] | None:
+        """The resolved sweep file (the parent's ``sweep.yaml``) as a dict, if it was logged."""
+        import yaml
+
+        text = self._artifact_text("sweep.yaml")
+        document = yaml.safe_load(text) if text else None
+        return document if isinstance(document, dict) else None
+
+    def ablation_specs(self) -> list[dict[str, Any]]:
+        """The sweep file's ``ablation`` list: ``name``, ``rows``, ``cols``, ``value`` each."""
+        entries = (self.spec() or {}).get("ablation") or []
+        specs = []
+        for entry in entries:
+            if isinstance(entry, Mapping) and entry.get("rows") and entry.get("value"):
+                name = entry.get("name") or f"{entry['value']}_by_{entry['rows']}"
+                specs.append({"name": str(name), "rows": entry["rows"],
+                              "cols": entry.get("cols"), "value": entry["value"]})  # fmt: skip
+        return specs
+
+    def stored_ablations(self) -> dict[str, pd.DataFrame]:
+        """The ``ablation/<name>_cells.parquet`` tables the sweep wrote at its end, by name."""
+        paths = [p for p in self.artifact_paths("ablation") if p.endswith("_cells.parquet")]
+        tables = {}
+        with tempfile.TemporaryDirectory(prefix="bitsweep-results-") as tmp:
+            for path in paths:
+                name = path.rsplit("/", 1)[-1].removesuffix("_cells.parquet")
+                tables[name] = pd.read_parquet(self.download_artifact(path, tmp))
+        return tables
+
+    def searched_keys(self) -> list[str]:
+        """The keys the sweep searched (its ``search_space.json``, else its ``sweep.yaml``)."""
+        text = self._artifact_text("search_space.json")
+        document: Any = json.loads(text) if text else None
+        if document is None:
+            document = (self.spec() or {}).get("search")
+        if not isinstance(document, Mapping):
+            return []
+        space = document.get("space")
+        if isinstance(space, Mapping):
+            return [str(k) for k in space]
+        return [str(k) for k in document if k not in SEARCH_FIELDS]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _trial_row(run: Run) -> dict[str, Any]:
+    tags = run.data.tags
+    return {
+        "trial_id": tags["bitsweep.trial_id"],
+        "run_id": run.info.run_id,
+        "status": tags.get("bitsweep.status", RUNNING),
+        "error": tags.get("bitsweep.error"),
+        **{k: decode_param(v) for k, v in run.data.params.items()},
+        **run.data.metrics,
+    }
+
+
+def _trial_frame(children: Sequence[Run], objectives: Sequence[Objective]) -> pd.DataFrame:
+    rows = [_trial_row(run) for run in children]
+    params = sorted({k for run in children for k in run.data.params})
+    metrics = sorted({k for run in children for k in run.data.metrics})
+    columns = [*TABLE_KEYS, *params, *metrics]
+    frame = pd.DataFrame(rows, columns=columns)
+    # object, not pandas' string dtype: a trial without an error reads None rather than NaN
+    frame["error"] = pd.Series([row["error"] for row in rows], index=frame.index, dtype=object)
+    for name in metrics:
+        frame[name] = frame[name].astype("float64")
+    for name, _ in objectives:
+        frame[f"{BEST_PREFIX}{name}"] = math.nan
+    return frame
+
+
+def _objectives(tags: Mapping[str, str]) -> list[Objective]:
+    try:
+        raw = json.loads(tags.get("bitsweep.objectives") or "[]")
+        return [(str(m), "max" if mode == "max" else "min") for m, mode in raw]
+    except (TypeError, ValueError):
+        return []
+
+
+def load_sweep(
+    sweep: str, *, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+) -> SweepResults:
+    """Load a sweep by name (newest parent of that name in ``experiment``) or parent run id.
+
+    ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
+    working directory. Raises :class:`TrackingUnreachableError` when the store is missing or the
+    server does not answer, and :class:`SweepNotFoundError` naming the sweep when it is not there.
+    """
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    _check_store(uri)
+    client = MlflowClient(uri)
+    parent = _find_parent(client, uri, experiment, str(sweep).strip())
+    tags = dict(parent.data.tags)
+    objectives = _objectives(tags)
+    trials = _trial_frame(_children(client, parent), objectives)
+    results = SweepResults(
+        parent_run_id=parent.info.run_id,
+        name=tags.get("bitsweep.sweep") or parent.info.run_name or parent.info.run_id,
+        objectives=objectives,
+        trials=trials,
+        tracking_uri=uri,
+        experiment=experiment,
+        tags=tags,
+        _client=client,
+    )
+    _fill_best(results)
+    return results
+
+
+def _fill_best(results: SweepResults) -> None:
+    """``best/<metric>``: each objective's best value over the trial's whole metric history."""
+    table = results.trials
+    present = [(m, mode) for m, mode in results.objectives if m in table]
+    results._fetch([(run_id, m) for run_id in table["run_id"] for m, _ in present])
+    for metric, mode in present:
+        best = []
+        for run_id in table["run_id"]:
+            values = [v for _, v in results._history[(run_id, metric)] if not math.isnan(v)]
+            best.append((min(values) if mode == "min" else max(values)) if values else math.nan)
+        table[f"{BEST_PREFIX}{metric}"] = pd.Series(best, index=table.index, dtype="float64")
