@@ -39,5 +39,12 @@ lint: setup-dev
 test: setup-dev lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks are not tests: each prints ratios against a baseline of the same run and writes
+# benchmarks/results/*.json; BENCHMARKS.md is regenerated from them.
+BENCHES := bench_quant_layers bench_orchestration bench_search bench_packing bench_ddp_scaling bench_deployed
+bench: setup-dev
+	for b in $(BENCHES); do $(BIN)/python -m benchmarks.$$b || exit 1; done
+	$(BIN)/python -m benchmarks.report
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

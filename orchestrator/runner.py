@@ -28,11 +28,16 @@ from search_spaces.tune_space import SCENARIO_KEY, is_scenario, param_space
 SPEC_FILE = "bitsweep_sweep.yaml"
 STUDY_FILE = "optuna.db"
 TRIAL_SLOT = "trial_slot"
+# Set (unless already set) before a local Ray starts, so the raylet and every worker inherit them.
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # A TorchTrainer's controller polls its workers this often (Ray's default: 2 s); every Train run
+    # waited up to one interval to notice its workers had finished. 0.5 s took about 3 s off each
+    # TorchTrainer trial here (benchmarks/bench_orchestration.py) and costs nothing measurable.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 
 
@@ -174,12 +179,28 @@ def _concurrency(spec: SweepSpec) -> int:
     return max(1, limit)
 
 
+def _single_process(spec: SweepSpec) -> bool:
+    """Whether each trial runs the loop in its own Tune trial process (no TorchTrainer)."""
+    return spec.resources.workers_per_trial == 1 and spec.resources.strategy == "none"
+
+
+def _reuse_actors(spec: SweepSpec) -> bool:
+    """Whether Tune hands a finished trial's actor to the next trial.
+
+    One-process trials: yes. The next trial then starts without a new process and without
+    importing torch and the trainables again (seconds per trial on a small machine, measured in
+    benchmarks/bench_orchestration.py); ``tune_function_trainable`` leaves no state behind.
+    TorchTrainer trials: no. A trial a scheduler stops must take its Train run down with its actor.
+    """
+    return _single_process(spec)
+
+
 def _trainable(spec: SweepSpec) -> Any:
     import ray
     from ray import tune
 
     res = spec.resources
-    if res.workers_per_trial == 1 and res.strategy == "none":
+    if _single_process(spec):
         resources = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
         return tune.with_resources(single_process_trial, resources)
     # The trial only launches a TorchTrainer: it must not take a core from its own workers.
@@ -192,7 +213,8 @@ def _search_algorithm(spec: SweepSpec) -> Any:
     if search.algorithm != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=search.seed)
+        # Tune applies max_concurrent_trials only to Searchers; a generator takes its own limit.
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=_concurrency(spec))
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -311,6 +333,7 @@ def run_sweep(
                     max_concurrent_trials=_concurrency(spec),
                     trial_name_creator=_trial_name,
                     trial_dirname_creator=_trial_name,
+                    reuse_actors=_reuse_actors(spec),
                 ),
                 run_config=tune.RunConfig(
                     name=spec.name,

@@ -115,8 +115,16 @@ def tune_function_trainable(config: dict[str, Any]) -> None:
     """A one-process Tune function trainable running the same loop (no Train controller).
 
     Used for one-worker trials, where a TorchTrainer's start-up would dominate small runs.
-    Resumes from ``ray.tune.get_checkpoint()`` when Tune restores the trial.
+    Resumes from ``ray.tune.get_checkpoint()`` when Tune restores the trial. Safe to call again in
+    the same process for the next trial (Tune's ``reuse_actors``).
     """
     import ray.tune
+    import torch
 
-    _run(config, ray.tune.report, ray.tune.Checkpoint, ray.tune.get_checkpoint(), 0)
+    # Tune may hand this process to the next trial (``reuse_actors``): leave the thread count as
+    # it was, so a trial that does not set ``train.threads`` never inherits another trial's.
+    threads = torch.get_num_threads()
+    try:
+        _run(config, ray.tune.report, ray.tune.Checkpoint, ray.tune.get_checkpoint(), 0)
+    finally:
+        torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ differentiable with respect to the bit-width (straight-through), so a penalty on
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -71,14 +72,64 @@ def absmax_fake_quantize(
         bits: 0-d integer-valued tensor (possibly carrying a straight-through gradient).
         dim: reduce the scale over this dimension (kept), e.g. -1 for one scale per token.
     """
-    q_p = torch.pow(2.0, bits.float() - 1.0) - 1.0  # []
-    amax = v.detach().abs()
-    amax = amax.amax(dim=dim, keepdim=True) if dim is not None else amax.max()
-    scale = amax.float().clamp_min(eps) / q_p  # [] or v's shape with dim reduced to 1
-    v_s = v / scale
-    codes = torch.clamp(v_s.detach().round(), -q_p.detach() - 1.0, q_p.detach())
-    # value codes * s; gradient 1 to v and (codes - v/s) * ds/db to the bit-width
-    return ((v_s + (codes - v_s).detach()) * scale).to(v.dtype)
+    return _AbsmaxQuantize.apply(v, bits, dim, eps)
+
+
+class _AbsmaxQuantize(torch.autograd.Function):
+    """:func:`absmax_fake_quantize` with its gradients written out.
+
+    The autograd graph of ``(v/s + (codes - v/s).detach()) * s`` costs five full-size temporaries
+    and, for the bit-width, sums two large terms that nearly cancel; here forward keeps
+    ``codes - v/s`` and backward sums ``grad * (codes - v/s)`` directly:
+    ``dL/ds = sum(grad * (codes - v/s))`` (LSQ, Esser et al. 2020), ``s = A / Q_P`` with
+    ``A = max(max|v|, eps)`` gives ``dL/dQ_P = -sum(dL/ds * s) / Q_P`` and ``Q_P = 2^(b-1) - 1``
+    gives ``dQ_P/db = 2^(b-1) ln 2``. The gradient to ``v`` is the incoming one (straight through).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, v: Tensor, bits: Tensor, dim: int | None, eps: float) -> Tensor:
+        q_p = torch.pow(2.0, bits.float() - 1.0) - 1.0  # []
+        # max |v| as the larger of max(v) and -min(v): exact, and no |v| temporary
+        if dim is None:
+            amax = torch.maximum(v.max(), v.min().neg())
+        else:
+            amax = torch.maximum(
+                v.amax(dim=dim, keepdim=True), v.amin(dim=dim, keepdim=True).neg_()
+            )
+        scale = amax.float().clamp_min(eps) / q_p  # [] or v's shape with dim reduced to 1
+        v_s = v / scale
+        codes = v_s.round()
+        if q_p.device.type == "cpu":
+            # Python bounds: a CPU clamp with tensor bounds runs ~10x slower than with numbers
+            # (reading a CPU scalar costs no device synchronization)
+            bound = float(q_p)
+            codes.clamp_(-bound - 1.0, bound)
+        else:
+            codes.clamp_(-q_p - 1.0, q_p)
+        d = None
+        if ctx.needs_input_grad[1]:
+            d = torch.sub(codes, v_s, out=v_s)  # round(v/s) - v/s, in the buffer of v/s
+        out = codes.mul_(scale).to(v.dtype)  # codes * s, in the buffer of the codes
+        ctx.save_for_backward(d, scale, q_p)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        d, scale, q_p = ctx.saved_tensors
+        grad_bits = None
+        if ctx.needs_input_grad[1]:
+            prod = grad.to(d.dtype) * d
+            g_scale = prod.sum(ctx.dim, keepdim=True) if ctx.dim is not None else prod.sum()
+            g_qp = -(g_scale * scale).sum() / q_p
+            grad_bits = g_qp * (q_p + 1.0) * math.log(2.0)
+        return (grad if ctx.needs_input_grad[0] else None), grad_bits, None, None
+
+
+def _blend(v: Tensor, v_q: Tensor, lam: float) -> Tensor:
+    # v + lam * (v_q - v), with gradient through both terms; at lam = 1 that is v_q itself
+    # (the value up to the rounding of v + (v_q - v)), without two full-size temporaries
+    return v_q if lam == 1.0 else v + lam * (v_q - v)
 
 
 class AdaptiveBitLinear(QuantLayer, nn.Linear):
@@ -170,10 +221,9 @@ class AdaptiveBitLinear(QuantLayer, nn.Linear):
         if self.record_quant_error:  # see losses.record_quant_errors (FSDP2: weights whole here)
             self.recorded_quant_error = self.quantization_error()
         bits = self.sampled_bits() if self.training else self.rounded_bits()
-        w = self.weight
-        w = w + lam * (absmax_fake_quantize(w, bits, eps=self.eps) - w)  # [out, in]
+        w = _blend(self.weight, absmax_fake_quantize(self.weight, bits, eps=self.eps), lam)
         if self.quantize_input:
-            x = x + lam * (absmax_fake_quantize(x, bits, dim=-1, eps=self.eps) - x)
+            x = _blend(x, absmax_fake_quantize(x, bits, dim=-1, eps=self.eps), lam)
         return F.linear(x, w, self.bias)
 
     def quantization_error(self) -> Tensor:

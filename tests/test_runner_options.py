@@ -1,0 +1,62 @@
+"""The runner's Tune options: concurrency limits, actor reuse, and what a reused actor must keep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import runner
+from orchestrator.spec import load_sweep
+
+FIXED = ["search.space.train.lr=null", "search.space.quant.scheme=null",
+         "search.space.schedule.lambda_warmup_frac=null", "search.algorithm=random",
+         "search.scheduler.type=none"]  # fmt: skip
+LM_TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "train.batch_size=8",
+           "data.eval_batches=1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid"])
+def test_generators_respect_max_concurrent_trials(algorithm: str) -> None:
+    # Tune applies max_concurrent_trials only to Searchers, not to a BasicVariantGenerator.
+    spec = load_sweep(
+        "demo",
+        [*FIXED, f"search.algorithm={algorithm}", "resources.max_concurrent_trials=1"],
+    )
+    assert runner._search_algorithm(spec).max_concurrent == 1
+
+
+def test_only_one_process_trials_reuse_actors() -> None:
+    assert runner._reuse_actors(load_sweep("demo", FIXED))
+    ddp = load_sweep("demo", [*FIXED, "resources.workers_per_trial=2", "resources.strategy=ddp"])
+    assert not runner._reuse_actors(ddp)
+
+
+@pytest.mark.slow
+def test_reused_trial_process_trains_like_a_fresh_one(ray_session: Any, tmp_path: Path) -> None:
+    """Three identical trials in one reused actor give the plain loop's metrics exactly."""
+    import torch
+
+    from trainables.loop import train
+
+    spec = load_sweep(
+        "demo",
+        [*FIXED, *LM_TINY, "train.steps=8", "train.eval_every=4", "search.num_samples=3",
+         "resources.max_concurrent_trials=1", f"storage.path={tmp_path / 'results'}",
+         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+    )  # fmt: skip
+    outcome = runner.run_sweep(spec, stream=None)
+    assert outcome.failed == 0 and len(outcome.trials) == 3
+    pids = set()
+    for result_file in Path(outcome.experiment_path).glob("trial_*/result.json"):
+        pids |= {json.loads(line)["pid"] for line in result_file.read_text().splitlines()}
+    assert len(pids) == 1, "the trials did not share one reused actor"
+    threads = torch.get_num_threads()
+    try:
+        expected = train(spec.run).metrics
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("val/bpb", "train/loss", "model/bits_total"):
+        assert list(outcome.trials[name]) == [expected[name]] * 3, name
