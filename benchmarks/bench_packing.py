@@ -194,7 +194,7 @@ def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run on a 1024 x 1024 layer")
-    parser.add_argument("--rounds", type=int, default=10, help="round-robin rounds")
+    parser.add_argument("--rounds", type=int, default=25, help="round-robin rounds")
     payload = run(parser.parse_args())
     print(f"wrote {write_result('bench_packing', payload)}")
 

@@ -233,9 +233,11 @@ def main() -> None:
             space: {m: summary(by_metric) for m, by_metric in per.items()}
             for space, per in rows.items()
         },
-        "streams": {
-            space: {m: {str(k): r["streams"] for k, r in v.items()} for m, v in per.items()}
-            for space, per in runs.items()
+        # per seed: trials that reached the target, trials, trials run in full (the raw report
+        # streams would make this file a megabyte)
+        "hits": {
+            space: {m: hit_counts(rows[space][METRIC], runs[space][m], steps) for m in METHODS}
+            for space in spaces
         },
         "load_average_1min": load,
     }
@@ -338,18 +340,19 @@ def markdown(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def hit_counts(p: dict[str, Any], space: str, method: str) -> list[tuple[int, int, int]]:
+def hit_counts(
+    rows: list[dict[str, Any]], runs: dict[int, dict[str, Any]], steps: int
+) -> list[tuple[int, int, int]]:
     """Per seed: (trials whose best ``val/acc`` reached the target, trials, trials run in full)."""
     out = []
-    for row in p["rows"][space][METRIC]:
-        stream = p["streams"][space][method][str(row["seed"])][METRIC]
+    for row in rows:
         best: dict[str, float] = {}
         last: dict[str, int] = {}
-        for _, run_id, step, value in stream:
+        for _, run_id, step, value in runs[row["seed"]]["streams"][METRIC]:
             best[run_id] = max(best.get(run_id, -math.inf), value)
             last[run_id] = max(last.get(run_id, 0), step)
         hits = sum(reaches(v, row["threshold"], MODE) for v in best.values())
-        out.append((hits, len(best), sum(step >= p["steps"] for step in last.values())))
+        out.append((hits, len(best), sum(s >= steps for s in last.values())))
     return out
 
 
@@ -358,8 +361,8 @@ def notes(p: dict[str, Any]) -> list[str]:
     out = ["Notes:", ""]
     rates = []
     for space in p["rows"]:
-        random_hits = hit_counts(p, space, "random")
-        tpe_hits = hit_counts(p, space, "tpe_asha")
+        random_hits = p["hits"][space]["random"]
+        tpe_hits = p["hits"][space]["tpe_asha"]
         rates.append(
             f"{space}: random {', '.join(f'{h}/{n}' for h, n, _ in random_hits)} trials reached "
             f"the target, TPE + ASHA {', '.join(f'{h}/{n}' for h, n, _ in tpe_hits)} (ASHA "

@@ -74,8 +74,10 @@ def fwht(x: Tensor, block: int | None = None) -> Tensor:
 
 def _fwht_values(x: Tensor, block: int) -> Tensor:
     """The butterflies of :func:`fwht` with ``out=`` buffers: no autograd, two temporaries."""
-    if x.numel() == 0 or not x.is_floating_point():
-        return x * (1.0 / math.sqrt(block)) if x.numel() == 0 else _fwht_values(x.float(), block)
+    if x.numel() == 0:
+        return x * (1.0 / math.sqrt(block))
+    if not x.is_floating_point():  # integer input: a float result, as x * (1 / sqrt(n)) gives
+        x = x.to(torch.get_default_dtype())
     rows = x.numel() // block
     src = x.reshape(rows, block)
     if block == 1:
@@ -105,8 +107,8 @@ class _FWHTFunction(torch.autograd.Function):
         return _fwht_values(grad.contiguous(), ctx.block), None
 
 
-# Largest Kronecker factor of the factored transform: a [128, 128] matmul per element row still
-# costs less than splitting it once more on CPU (measured on AVX-512, see BENCHMARKS.md).
+# Largest Kronecker factor of the factored transform: blocks up to 2^14 take two factors (the
+# H-BitLinear widths of benchmark 1: 16 x 16, 32 x 16, 32 x 32), larger ones three or more.
 MAX_FACTOR = 128
 
 

@@ -54,7 +54,7 @@ def ternary_ste(w: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """The ternary weight ``W_q * gamma`` with a straight-through gradient to ``w``.
 
     Equals ``ste(w, ternary_dequantize(w).detach())`` (BitNet b1.58, arXiv 2402.17764) up to the
-    rounding of ``w + (W_q - w)``, with one new tensor instead of seven.
+    rounding of ``w + (W_q - w)``, with two new tensors instead of seven.
     """
     return _TernarySTE.apply(w, eps)
 
@@ -88,7 +88,8 @@ def ternary_dequantize_values(w: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     """The values of :func:`ternary_dequantize` (``W_q * gamma``, BitNet b1.58), no gradient.
 
     The same operations as :func:`ternary_dequantize` in the same order (so the same bits), but
-    on one temporary modified in place: one allocation instead of five.
+    the division's result is rounded, clipped and scaled in place: two new tensors (``|w|`` for
+    the mean, and the result) instead of five.
     """
     with torch.no_grad():
         gamma = w.abs().mean()  # []
