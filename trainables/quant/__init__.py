@@ -24,7 +24,7 @@ from .bit_usage import (
     compute_total_bit_usage,
     count_trainable_parameters,
 )
-from .bitlinear import BitLinear, HBitLinear, TernaryLinear
+from .bitlinear import BitLinear, HBitLinear, PackedTernaryLinear, TernaryLinear, configure_ternary
 from .checkpoint import (
     CheckpointError,
     PackedCheckpoint,
@@ -32,7 +32,13 @@ from .checkpoint import (
     load_packed_into,
     save_packed_checkpoint,
 )
-from .hadamard import fwht, hadamard_block_size, hadamard_matrix, hadamard_transform
+from .hadamard import (
+    fwht,
+    hadamard_block_size,
+    hadamard_factors,
+    hadamard_matrix,
+    hadamard_transform,
+)
 from .losses import quantization_mse, record_quant_errors
 from .lsq import (
     DeployedLSQConv2d,
@@ -47,7 +53,17 @@ from .lsq import (
     lsq_range,
 )
 from .packing import CODES_PER_BYTE, pack_ternary, packed_length, unpack_ternary
-from .quantizers import activation_quantize, blend, ste, ternary_dequantize, ternary_quantize
+from .quantizers import (
+    activation_codes,
+    activation_quantize,
+    blend,
+    blend_activation,
+    blend_ternary,
+    ste,
+    ternary_dequantize,
+    ternary_quantize,
+    ternary_ste,
+)
 from .registry import LayerContext, Scheme, available_schemes, get_scheme, register_scheme
 from .schedule import (
     SCHEDULE_KINDS,
@@ -85,12 +101,14 @@ __all__ = [
     "LambdaSchedule",
     "LayerContext",
     "PackedCheckpoint",
+    "PackedTernaryLinear",
     "QuantLayer",
     "QuantRecipe",
     "Scheme",
     "TernaryLinear",
     "absmax_fake_quantize",
     "activation_bin_regularization",
+    "activation_codes",
     "activation_quantize",
     "alpha_frozen",
     "apply_lambda_schedule",
@@ -100,10 +118,13 @@ __all__ = [
     "bin_reg_terms",
     "bin_regularization",
     "blend",
+    "blend_activation",
+    "blend_ternary",
     "br_active",
     "br_warmup_steps",
     "collect_bit_usage",
     "compute_total_bit_usage",
+    "configure_ternary",
     "convert",
     "count_trainable_parameters",
     "dequantize",
@@ -111,6 +132,7 @@ __all__ = [
     "fwht",
     "get_scheme",
     "hadamard_block_size",
+    "hadamard_factors",
     "hadamard_matrix",
     "hadamard_transform",
     "initialize_step_sizes",
@@ -135,6 +157,7 @@ __all__ = [
     "step_size_parameters",
     "ternary_dequantize",
     "ternary_quantize",
+    "ternary_ste",
     "unfreeze_alpha",
     "unpack_ternary",
     "weight_bin_regularization",
