@@ -166,22 +166,6 @@ class AdaptiveBitLinear(QuantLayer, nn.Linear):
         self.quant_lambda = 1.0
         self.eval_lambda = 1.0
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **options: Any) -> AdaptiveBitLinear:
-        """A layer of this class holding ``linear``'s weights and bias (copied)."""
-        w = linear.weight
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-            **options,
-        )
-        layer.load_state_dict(linear.state_dict(), strict=False)
-        layer.train(linear.training)
-        return layer
-
     def _clamped_bits(self) -> Tensor:
         return _ClampInward.apply(self.bit_width, float(self.min_bits), float(self.max_bits))
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+import torch
 from torch import Tensor, nn
 
 from .quantizers import check_lambda
+
+_Layer = TypeVar("_Layer", bound="QuantLayer")
 
 
 class QuantLayer(nn.Module):
@@ -22,6 +27,29 @@ class QuantLayer(nn.Module):
     # ``recorded_quant_error``: under FSDP2 the weights are only whole inside forward.
     record_quant_error: bool = False
     recorded_quant_error: Tensor | None = None
+
+    @classmethod
+    def from_linear(cls: type[_Layer], linear: nn.Linear, **options: Any) -> _Layer:
+        """A layer of this class holding ``linear``'s weights (copied, in storage form) and bias."""
+        w = linear.weight
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+            **options,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(layer._weight_to_storage(w.detach()))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.detach())
+        layer.train(linear.training)
+        return layer
+
+    def _weight_to_storage(self, w: Tensor) -> Tensor:
+        """How a full-precision weight is stored (H-BitLinear stores it Hadamard-transformed)."""
+        return w
 
     def set_quant_lambda(self, lam: float) -> None:
         """Set the training blend factor, validated to lie in [0, 1]."""

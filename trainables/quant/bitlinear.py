@@ -63,25 +63,6 @@ class BitLinear(QuantLayer, nn.Linear):
         self.eval_lambda = 1.0
         self.norm = nn.RMSNorm(in_features, device=device, dtype=dtype) if input_norm else None
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **options: object) -> BitLinear:
-        """A layer of this class holding ``linear``'s weights (copied) and bias."""
-        w = linear.weight
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-            **options,  # type: ignore[arg-type]
-        )
-        with torch.no_grad():
-            layer.weight.copy_(layer._weight_to_storage(w.detach()))
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias.detach())
-        layer.train(linear.training)
-        return layer
-
     def _weight_to_storage(self, w: Tensor) -> Tensor:
         return w
 

@@ -344,22 +344,6 @@ class LSQLinear(LSQLayer, nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_quantizers(weight_bits, act_bits, act_signed)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **options: Any) -> LSQLinear:
-        """A layer of this class holding ``linear``'s weights and bias (copied)."""
-        w = linear.weight
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-            **options,
-        )
-        layer.load_state_dict(linear.state_dict(), strict=False)
-        layer.train(linear.training)
-        return layer
-
     def forward(self, x: Tensor) -> Tensor:  # x: [..., in] -> [..., out]
         lam = self.effective_lambda()
         if lam == 0.0:
