@@ -7,6 +7,7 @@ or a choice) lets one axis set several keys at once, like seed 002's five BR sce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ray import tune
@@ -58,13 +59,23 @@ def scenario_overrides(dist: Any, label: str) -> dict[str, Any]:
     raise KeyError(f"unknown scenario {label!r}")
 
 
-def param_space(base_flat: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
-    """Tune's ``param_space``: the flat run config with searched keys replaced by domains."""
+def param_space(
+    base_flat: dict[str, Any], space: dict[str, Any], layers: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Tune's ``param_space``: the flat run config with searched keys replaced by domains.
+
+    A ``per_layer`` distribution becomes ``{layer: choice(values)}``, one dimension per name in
+    ``layers`` (the model's quantized layers, see ``orchestrator.mixed_precision``).
+    """
     run_config: dict[str, Any] = dict(base_flat)
     extra: dict[str, Any] = {}
     for key, dist in space.items():
         if key == SCENARIO_KEY:
             extra[SCENARIO_KEY] = domain(dist)
+        elif dist.dist == "per_layer":
+            if not layers:
+                raise ValueError(f"{key}: a per_layer distribution needs the model's layer names")
+            run_config[key] = {name: tune.choice(list(dist.values)) for name in layers}
         else:
             run_config[key] = domain(dist)
     return {RUN_CONFIG_KEY: run_config, **extra}

@@ -1,0 +1,52 @@
+"""The Pareto-rank ASHA's promotion decisions (real scheduler objects, no cluster needed)."""
+
+from __future__ import annotations
+
+from ray.tune.schedulers.trial_scheduler import TrialScheduler
+
+from orchestrator.schedulers import ParetoASHA
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def _result(iteration: int, acc: float, bits: float) -> dict[str, float]:
+    return {"training_iteration": iteration, "val/acc": acc, "model/bits_total": bits}
+
+
+def test_rungs_follow_grace_period_and_reduction_factor() -> None:
+    sched = ParetoASHA(["a", "b"], ["min", "min"], max_t=16, grace_period=1, reduction_factor=2)
+    assert list(sched.rungs) == [1, 2, 4, 8]
+
+
+def test_a_dominated_trial_stops_and_a_trade_off_continues() -> None:
+    sched = ParetoASHA(
+        ["val/acc", "model/bits_total"], ["max", "min"], max_t=8, grace_period=1,
+        reduction_factor=2,
+    )  # fmt: skip
+    assert sched.decide("a", 1, _result(1, 0.9, 1000.0)) == CONTINUE  # alone at the rung
+    # b trades accuracy for bits: both on the front, ceil(2/2) = 1 promoted; the epsilon-net
+    # starts from the best first objective (a), so b stops
+    assert sched.decide("b", 1, _result(1, 0.8, 100.0)) == STOP
+    # c is dominated by a (less accurate and bigger): not promoted
+    assert sched.decide("c", 1, _result(1, 0.85, 2000.0)) == STOP
+    # d is the most accurate: 4 recorded, 2 promoted from the front {a, b, d}: d first, then the
+    # point farthest from it (b, the other end of the front), not a from the middle
+    assert sched.decide("d", 1, _result(1, 0.95, 5000.0)) == CONTINUE
+    assert sched.decide("e", 1, _result(1, 0.9, 1200.0)) == STOP
+
+
+def test_single_objective_ranking_matches_asha_cut() -> None:
+    # with one metric the Pareto rank is the plain order: the worse half stops at a rung
+    sched = ParetoASHA(["loss"], ["min"], max_t=4, grace_period=1, reduction_factor=2)
+    assert sched.decide("a", 1, {"loss": 1.0}) == CONTINUE
+    assert sched.decide("b", 1, {"loss": 2.0}) == STOP
+    assert sched.decide("c", 1, {"loss": 0.5}) == CONTINUE
+
+
+def test_trial_passing_several_rungs_at_once_is_judged_at_each() -> None:
+    sched = ParetoASHA(["loss"], ["min"], max_t=8, grace_period=1, reduction_factor=2)
+    assert sched.decide("a", 1, {"loss": 1.0}) == CONTINUE
+    assert sched.decide("a", 2, {"loss": 0.9}) == CONTINUE
+    assert sched.decide("b", 1, {"loss": 0.8}) == CONTINUE
+    # b reports its second rung with a worse value than a had there
+    assert sched.decide("b", 2, {"loss": 0.95}) == STOP
