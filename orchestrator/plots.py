@@ -391,9 +391,25 @@ def _grouped_bars(
             color=color,
             label=_trial_label(trial, labels),
         )
-    ax.set_xticks(x, [str(c) for c in matrix.columns], rotation=30 if n_layers > 6 else 0)
+    _layer_ticks(ax, [str(c) for c in matrix.columns])
     ax.grid(True, axis="y", alpha=0.3)
     _trial_legend(fig, ax, n_trials, 12)
+
+
+def _layer_ticks(ax: Axes, names: Sequence[str]) -> None:
+    """Layer names under the x axis, slanted and right-aligned to their tick when long or many
+    (centered slanted labels ran into each other and off the figure)."""
+    slant = len(names) > 6 or max((len(n) for n in names), default=0) > 10
+    ax.set_xticks(range(len(names)), list(names))
+    if slant:
+        for label in ax.get_xticklabels():
+            label.set(rotation=40, ha="right", rotation_mode="anchor")
+
+
+def _label_room(names: Sequence[str], fontsize: float = 10.0) -> float:
+    """Inches that slanted labels of ``names`` take below (or beside) an axis."""
+    longest = max((len(n) for n in names), default=0)
+    return 0.65 * longest * fontsize / 72 + 0.3
 
 
 def bit_widths_plot(
@@ -416,15 +432,21 @@ def bit_widths_plot(
     if kind == "auto":
         kind = "bars" if len(matrix) <= 6 else "heatmap"
     n_trials, n_layers = matrix.shape
+    layer_names = [str(c) for c in matrix.columns]
+    trial_names = [_trial_label(t, labels) for t in matrix.index]
     if kind == "bars":
-        width = max(5.0, 0.5 * n_layers * max(1, n_trials) ** 0.5 + 3.0)
-        fig = Figure(figsize=(width, 4.0 + 0.15 * n_trials), layout="constrained")
+        # room for the slanted layer names and one legend row per trial (long labels: 1 column)
+        width = min(16.0, max(6.0, 0.5 * n_layers * max(1, n_trials) ** 0.5 + 3.0))
+        legend_rows = n_trials if max(map(len, trial_names), default=0) > 40 else -(-n_trials // 3)
+        height = 3.2 + _label_room(layer_names) + 0.22 * legend_rows
+        fig = Figure(figsize=(width, height), layout="constrained")
         ax = fig.subplots()
         _grouped_bars(fig, ax, matrix, labels)
         ax.set_ylabel("learned bits (rounded)")
     elif kind == "heatmap":
-        height = max(3.0, 0.35 * n_trials + 1.8)
-        fig = Figure(figsize=(max(5.0, 0.7 * n_layers + 2.5), height), layout="constrained")
+        height = max(3.0, 0.35 * n_trials + 1.0) + _label_room(layer_names)
+        width = min(18.0, max(5.0, 0.7 * n_layers + 2.5) + _label_room(trial_names))
+        fig = Figure(figsize=(width, height), layout="constrained")
         ax = fig.subplots()
         values = matrix.to_numpy(dtype=float)
         image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
@@ -437,8 +459,8 @@ def bit_widths_plot(
                 if np.isfinite(v):
                     color = "white" if v < middle else "black"
                     ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7, color=color)
-        ax.set_xticks(range(n_layers), [str(c) for c in matrix.columns], rotation=30)
-        ax.set_yticks(range(n_trials), [_trial_label(t, labels) for t in matrix.index])
+        _layer_ticks(ax, layer_names)
+        ax.set_yticks(range(n_trials), trial_names)
         ax.set_ylabel("trial")
     else:
         raise ValueError(f"kind must be 'auto', 'bars' or 'heatmap', got {kind!r}")
@@ -456,7 +478,7 @@ def exit_distribution_plot(
     title: str | None = None,
 ) -> Figure:
     """Where early-exit inference leaves the model: the final ``route/exit_frac/<layer>`` of the
-    chosen trials as grouped bars (fraction of sequences per exit layer, 1..L)."""
+    chosen trials as grouped bars (fraction of validation tokens per exit layer, 1..L)."""
     matrix = _layer_matrix(table, EXIT_PREFIX, trial_ids, "the sweep's models have no early exits")
     size = (max(5.0, 0.6 * matrix.shape[1] + 3.0), 4.0 + 0.15 * len(matrix))
     fig = Figure(figsize=size, layout="constrained")
@@ -464,6 +486,6 @@ def exit_distribution_plot(
     _grouped_bars(fig, ax, matrix, labels)
     ax.set_ylim(0.0, 1.05)
     ax.set_xlabel("exit layer")
-    ax.set_ylabel("fraction of sequences")
+    ax.set_ylabel("fraction exiting")
     ax.set_title(title or f"exit-layer distribution ({len(matrix)} trials)")
     return _save(fig, path)

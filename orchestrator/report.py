@@ -118,12 +118,14 @@ class _Report:
         if specs:
             for spec in specs:
                 name, rows, cols, value = (spec[k] for k in ("name", "rows", "cols", "value"))
+                at_step = spec.get("at_step")
                 try:
-                    cells = r.ablation_cells(rows, cols, value)
+                    cells = r.ablation_cells(rows, cols, value, at_step=at_step)
+                    label = r.ablation_selection(value, at_step)[1]
                 except ValueError as err:
                     self.say(f"\nablation {name}: skipped ({err})")
                     continue
-                self._matrix(name, cells, rows, cols, value)
+                self._matrix(name, cells, rows, cols, value, label)
             return
         # No sweep.yaml (an older or hand-made parent): the matrices the sweep stored, if any.
         for name, cells in r.stored_ablations().items():
@@ -132,13 +134,19 @@ class _Report:
                 self._matrix(name, cells, keys[0], keys[1] if len(keys) == 2 else None, "value")
 
     def _matrix(
-        self, name: str, cells: pd.DataFrame, rows: str, cols: str | None, value: str
+        self,
+        name: str,
+        cells: pd.DataFrame,
+        rows: str,
+        cols: str | None,
+        value: str,
+        label: str = "as stored",
     ) -> None:
         mean, std, count = matrices_from_table(cells, rows, cols, value)
         by = f"{rows} x {cols}" if cols else rows
-        self.say(f"\nablation {name}: {value} by {by} (mean ± std over the other keys)")
+        self.say(f"\nablation {name}: {value} by {by} (mean ± std over the other keys; {label})")
         self.say(format_matrix(mean, std, count))
-        title = f"{name}: {value}"
+        title = f"{name}: {value}\n{label}"
         self.plot(
             f"ablation_{_safe(name)}",
             lambda p: plots.ablation_heatmap(mean, std, p, title=title, value=value, count=count),
@@ -176,6 +184,31 @@ class _Report:
             for key in r.searched_keys():
                 if key in row:
                     self.say(f"  {key} = {row[key]}")
+
+    def importance(self) -> None:
+        """fANOVA importance of the searched keys and the parallel-coordinates plot."""
+        from . import importance
+
+        r = self.results
+        keys = [k for k in r.searched_keys() if k in r.trials]
+        if not r.objectives or not keys:
+            return
+        metric, mode = r.objectives[0]
+        space = ((r.spec() or {}).get("search") or {}).get("space") or {}
+        try:
+            scores = importance.parameter_importance(r.trials, keys, metric, mode, space)
+        except ValueError as err:
+            self.say(f"\nparameter importance: skipped ({err})")
+        else:
+            self.say(f"\nparameter importance for {metric} (fANOVA over finished trials):")
+            for key, value in scores.items():
+                self.say(f"  {key:<40} {value:.3f}")
+            self.plot("importance", lambda p: importance.importance_plot(scores, p))
+        if metric in r.trials:
+            self.plot(
+                "parallel_coordinates",
+                lambda p: importance.parallel_coordinates(r.trials, keys, metric, p, mode=mode),
+            )
 
     def figures(self) -> None:
         r = self.results
@@ -235,5 +268,6 @@ def print_report(
     report.ablations()
     report.pareto()
     report.best()
+    report.importance()
     report.figures()
     return 0

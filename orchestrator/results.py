@@ -122,14 +122,15 @@ def _find_parent(client: MlflowClient, uri: str, experiment: str, sweep: str) ->
     found = client.get_experiment_by_name(experiment)
     quoted = any(q in sweep for q in "'\"`\\")  # cannot be a sweep name; would break the filter
     if found is not None and sweep and not quoted:
-        runs = client.search_runs(
-            [found.experiment_id],
-            f"tags.`bitsweep.sweep` = '{sweep}' and tags.`bitsweep.role` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if runs:
-            return runs[0]
+        for tag in ("bitsweep.sweep_id", "bitsweep.sweep"):  # an exact sweep id, else the name
+            runs = client.search_runs(
+                [found.experiment_id],
+                f"tags.`{tag}` = '{sweep}' and tags.`bitsweep.role` = 'sweep'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if runs:
+                return runs[0]
     if RUN_ID.match(sweep):
         run = _get_run(client, sweep)
         if run is not None:
@@ -380,35 +381,51 @@ class SweepResults:
         except ValueError as err:
             raise ResultsError(f"sweep {self.name!r}: {err}") from None
 
-    def _ablation_input(self, value: str) -> pd.DataFrame:
-        """The trial table with failed trials' ``value`` blanked: their cells stay, uncounted."""
-        table = self.trials.copy()
-        if value in table:
-            table[value] = pd.to_numeric(table[value], errors="coerce").astype(float)
-            table.loc[table["status"] == FAILED, value] = math.nan
-        return table
+    def _ablation_input(self, value: str, at_step: int | None = None) -> pd.DataFrame:
+        """The trial table with ``value`` kept where the matrix may use it (see
+        :meth:`ablation_selection`): finished trials, or every trial at ``at_step``."""
+        return self.ablation_selection(value, at_step)[0]
+
+    def ablation_selection(
+        self, value: str, at_step: int | None = None
+    ) -> tuple[pd.DataFrame, str]:
+        """(table, label): finished trials' final values by default, or with ``at_step`` every
+        trial's value logged at that step (finished and stopped early); failed trials keep their
+        cell but add no value. The label says which (orchestrator.ablation_select)."""
+        from .ablation_select import select_values
+
+        def history(run_id: str, metric: str) -> list[tuple[int, float]]:
+            self._fetch([(run_id, metric)])
+            return self._history[(run_id, metric)]
+
+        return select_values(self.trials, value, at_step=at_step, history=history)
 
     def ablation(
-        self, rows: str, cols: str | None, value: str
+        self, rows: str, cols: str | None, value: str, *, at_step: int | None = None
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The rows x cols matrices of the mean and sample std (ddof=1) of ``value``'s final
-        values over every other key (seeds, for example). ``cols=None``: by ``rows`` alone.
-        Failed trials keep their cell but add no value. Counts: :meth:`ablation_cells`."""
+        """The rows x cols matrices of the mean and sample std (ddof=1) of ``value`` over every
+        other key (seeds, for example). ``cols=None``: by ``rows`` alone. Finished trials' final
+        values, or every trial's at ``at_step``; failed trials keep their cell but add no value.
+        Counts: :meth:`ablation_cells`."""
         try:
-            return ablation_matrix(self._ablation_input(value), rows, cols, value)
+            return ablation_matrix(self._ablation_input(value, at_step), rows, cols, value)
         except ValueError as err:
             raise ResultsError(f"sweep {self.name!r}: {err}") from None
 
-    def ablation_cells(self, rows: str, cols: str | None, value: str) -> pd.DataFrame:
+    def ablation_cells(
+        self, rows: str, cols: str | None, value: str, *, at_step: int | None = None
+    ) -> pd.DataFrame:
         """One row per ablation cell: the keys, ``mean``, ``std`` and ``count`` of ``value``."""
         try:
-            return ablation_table(self._ablation_input(value), rows, cols, value)
+            return ablation_table(self._ablation_input(value, at_step), rows, cols, value)
         except ValueError as err:
             raise ResultsError(f"sweep {self.name!r}: {err}") from None
 
-    def ablation_counts(self, rows: str, cols: str | None, value: str) -> pd.DataFrame:
+    def ablation_counts(
+        self, rows: str, cols: str | None, value: str, *, at_step: int | None = None
+    ) -> pd.DataFrame:
         """How many trials' values each cell of :meth:`ablation` aggregates (0 where none)."""
-        cells = self.ablation_cells(rows, cols, value)
+        cells = self.ablation_cells(rows, cols, value, at_step=at_step)
         return matrices_from_table(cells, rows, cols, value)[2]
 
     # ---- the parent's artifacts -----------------------------------------------------------------
@@ -449,7 +466,8 @@ class SweepResults:
             if isinstance(entry, Mapping) and entry.get("rows") and entry.get("value"):
                 name = entry.get("name") or f"{entry['value']}_by_{entry['rows']}"
                 specs.append({"name": str(name), "rows": entry["rows"],
-                              "cols": entry.get("cols"), "value": entry["value"]})  # fmt: skip
+                              "cols": entry.get("cols"), "value": entry["value"],
+                              "at_step": entry.get("at_step")})  # fmt: skip
         return specs
 
     def stored_ablations(self) -> dict[str, pd.DataFrame]:
@@ -515,6 +533,22 @@ def _objectives(tags: Mapping[str, str]) -> list[Objective]:
         return [(str(m), "max" if mode == "max" else "min") for m, mode in raw]
     except (TypeError, ValueError):
         return []
+
+
+def find_store(start: str | Path | None = None, levels: int = 3) -> str:
+    """The tracking URI a notebook should read by default: ``MLFLOW_TRACKING_URI`` when set,
+    else the ``mlflow.db`` that ``bitsweep run`` (``make demo``) wrote in the working directory or
+    one of its parents (a notebook runs in ``notebooks/``), as an absolute ``sqlite:////`` URI;
+    ``sqlite:///mlflow.db`` when there is none."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    folder = Path(start or Path.cwd()).resolve()
+    for candidate in [folder, *folder.parents][: levels + 1]:
+        store = candidate / "mlflow.db"
+        if store.is_file():
+            return f"sqlite:///{store}"
+    return "sqlite:///mlflow.db"
 
 
 def load_sweep(

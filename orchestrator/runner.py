@@ -23,10 +23,11 @@ from orchestrator.trials import (
     distributed_trial,
     single_process_trial,
 )
-from search_spaces.tune_space import SCENARIO_KEY, is_scenario, param_space
+from search_spaces.tune_space import RUN_CONFIG_KEY, SCENARIO_KEY, is_scenario, param_space
 
 SPEC_FILE = "bitsweep_sweep.yaml"
 STUDY_FILE = "optuna.db"
+TUNER_FILE = "tuner.pkl"  # written by tune.Tuner(); unpickled by Tuner.restore
 TRIAL_SLOT = "trial_slot"
 # Set (unless already set) before a local Ray starts, so the raylet and every worker inherit them.
 QUIET_ENV = {
@@ -66,7 +67,9 @@ def expected_trials(spec: SweepSpec) -> int:
 def _interrupted(results: Any, spec: SweepSpec) -> bool:
     trials = results._experiment_analysis.trials
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    return bool(unfinished) or len(trials) < expected_trials(spec)
+    # a stop condition (time budget, threshold) ends a sweep before every trial was created
+    stops = spec.search.time_budget_s is not None or spec.search.stop_at is not None
+    return bool(unfinished) or (len(trials) < expected_trials(spec) and not stops)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class SweepOutcome:
     trials: pd.DataFrame
     best: dict[str, Any] | None
     pareto: pd.DataFrame | None
+    sweep_id: str | None = None
 
     @property
     def failed(self) -> int:
@@ -90,8 +94,9 @@ class SweepOutcome:
 
 
 def experiment_dir(spec: SweepSpec) -> str:
-    """``storage.path/<name>``: Tune's experiment directory for this sweep."""
-    return f"{spec.storage_path.rstrip('/')}/{spec.name}"
+    """``storage.path/<sweep id>``: Tune's experiment directory for this sweep (the name for a
+    spec without an id)."""
+    return f"{spec.storage_path.rstrip('/')}/{spec.sweep_id or spec.name}"
 
 
 def save_spec(spec: SweepSpec) -> None:
@@ -100,8 +105,11 @@ def save_spec(spec: SweepSpec) -> None:
 
     filesystem, path = pafs.FileSystem.from_uri(experiment_dir(spec))
     filesystem.create_dir(path, recursive=True)
+    from orchestrator.sync import with_absolute_uri
+
+    # the absolute tracking URI: a resume from another folder must find the same store
     with filesystem.open_output_stream(f"{path}/{SPEC_FILE}") as stream:
-        stream.write(spec.to_yaml().encode())
+        stream.write(with_absolute_uri(spec).to_yaml().encode())
 
 
 def load_saved_spec(name: str, storage: str) -> SweepSpec:
@@ -109,8 +117,11 @@ def load_saved_spec(name: str, storage: str) -> SweepSpec:
     import pyarrow.fs as pafs
     import yaml
 
+    from orchestrator.identity import resolve_saved
+
     location = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-    filesystem, path = pafs.FileSystem.from_uri(f"{location.rstrip('/')}/{name}/{SPEC_FILE}")
+    folder = resolve_saved(name, storage)  # an id, or the newest sweep of that name
+    filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{SPEC_FILE}")
     try:
         with filesystem.open_input_stream(path) as stream:
             document = yaml.safe_load(stream.read().decode())
@@ -154,7 +165,9 @@ def connect_ray(address: str | None, *, verbose: bool) -> bool:
     if target:
         ray.init(address=target, **options)
         return True
-    ray.init(
+    from orchestrator.cleanup import start_local_ray
+
+    start_local_ray(
         num_cpus=os.cpu_count() or 1,
         resources={TRIAL_SLOT: 1024},
         include_dashboard=False,
@@ -208,53 +221,46 @@ def _trainable(spec: SweepSpec) -> Any:
     return tune.with_resources(distributed_trial, driver)
 
 
-def _search_algorithm(spec: SweepSpec) -> Any:
+def _search_algorithm(spec: SweepSpec, layers: Any = None) -> Any:
+    """Optuna's TPE through :class:`orchestrator.search.StudySearch`, or random / grid."""
     search = spec.search
-    if search.algorithm != "optuna":
+    # Optuna needs at least one searched key; with none, every trial is the base config
+    if search.algorithm != "optuna" or not search.space:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Tune applies max_concurrent_trials only to Searchers; a generator takes its own limit.
         return BasicVariantGenerator(random_state=search.seed, max_concurrent=_concurrency(spec))
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    from orchestrator import search_setup
+    from orchestrator.mixed_precision import BudgetConstraint
 
-    objectives = search.objective_list
-    storage = None
-    if "://" not in spec.storage_path:
-        study_dir = Path(experiment_dir(spec))
-        study_dir.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / STUDY_FILE}")
-    multi = len(objectives) > 1
-    return OptunaSearch(
-        metric=[o.metric for o in objectives] if multi else objectives[0].metric,
-        mode=[o.mode for o in objectives] if multi else objectives[0].mode,
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
-        study_name=spec.name,
-        storage=storage,
-    )
+    constraint = None
+    if layers is not None and search.bits_budget is not None:
+        constraint = BudgetConstraint(layers, search.bits_budget, RUN_CONFIG_KEY)
+    study_dir = experiment_dir(spec) if "://" not in spec.storage_path else None
+    return search_setup.optuna_searcher(spec, study_dir, spec.sweep_id or spec.name, constraint)
 
 
-def _scheduler(spec: SweepSpec) -> Any:
-    scheduler = spec.search.scheduler
-    if scheduler.type == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
+def _scheduler(spec: SweepSpec, searcher: Any) -> Any:
+    """The early-stopping (or PBT) scheduler ``search.scheduler`` names."""
+    from orchestrator import search_setup
 
-    first = spec.search.objective_list[0]
-    evaluations = max(1, -(-spec.run.train.steps // spec.run.train.eval_every))
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        metric=first.metric,
-        mode=first.mode,
-        max_t=scheduler.max_t or evaluations,
-        grace_period=min(scheduler.grace_period, evaluations),
-        reduction_factor=scheduler.reduction_factor,
-    )
+    mutations = None
+    if spec.search.scheduler.type == "pbt":
+        mutations = search_setup.pbt_mutations(spec, RUN_CONFIG_KEY)
+    return search_setup.scheduler(spec, searcher, mutations)
 
 
-def _param_space(spec: SweepSpec) -> dict[str, Any]:
+def _layers(spec: SweepSpec) -> Any:
+    """The model's quantized layers when the space has a ``per_layer`` key (mixed precision)."""
+    from orchestrator.mixed_precision import LayerBits, per_layer_keys
+
+    return LayerBits(spec.run) if per_layer_keys(spec) else None
+
+
+def _param_space(spec: SweepSpec, layers: Any = None) -> dict[str, Any]:
     res = spec.resources
-    space = param_space(spec.run.to_flat(), spec.search.space)
+    names = layers.names if layers is not None else ()
+    space = param_space(spec.run.to_flat(), spec.search.space, names)
     scenario = spec.search.space.get(SCENARIO_KEY)
     if scenario is not None and is_scenario(scenario):
         space[SCENARIOS_KEY] = {str(v["label"]): dict(v["set"]) for v in scenario.values}
@@ -265,8 +271,28 @@ def _param_space(spec: SweepSpec) -> dict[str, Any]:
         "gpus_per_worker": res.gpus_per_worker,
         "train_storage": f"{experiment_dir(spec)}/train",
         "checkpoint_every": None,
+        "max_failures": res.max_failures,
     }
     return space
+
+
+def _checkpoint_config(spec: SweepSpec) -> Any:
+    """Keep each trial's latest checkpoint and its ``storage.keep_checkpoints`` best ones."""
+    from ray import tune
+
+    keep = spec.storage.keep_checkpoints
+    # PBT clones a donor's latest checkpoint some time after choosing it: pruning could delete
+    # it first ("does not exist on storage anymore"), so a PBT sweep keeps them all
+    if keep is None or spec.search.scheduler.type == "pbt":
+        return tune.CheckpointConfig()
+    first = spec.search.objective_list[0]
+    # num_to_keep forces a state snapshot at each checkpoint; Tune would warn about it each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return tune.CheckpointConfig(
+        num_to_keep=keep,
+        checkpoint_score_attribute=first.metric,
+        checkpoint_score_order=first.mode,
+    )
 
 
 def _trial_name(trial: Any) -> str:
@@ -279,12 +305,19 @@ def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[An
     from orchestrator.tracking import MLflowTuneCallback
 
     first = spec.search.objective_list[0]
-    callbacks: list[Any] = [MLflowTuneCallback(tracker)]
+    from orchestrator.digests import DigestRecorder
+
+    callbacks: list[Any] = [MLflowTuneCallback(tracker), DigestRecorder(experiment_dir(spec))]
     if stream is not None:
         callbacks.append(
             ProgressView(first.metric, first.mode, spec.run.train.steps, stream=stream)
         )
     return callbacks
+
+
+def sync_hint(spec: SweepSpec) -> str:
+    """The command that replays a sweep's buffered MLflow writes."""
+    return f"bitsweep sync {spec.sweep_id or spec.name} --storage {spec.storage.path}"
 
 
 def run_sweep(
@@ -302,33 +335,61 @@ def run_sweep(
     """
     from ray import tune
 
+    from orchestrator.identity import with_new_id
+    from orchestrator.resources import check_resources
+    from orchestrator.stopping import sweep_stopper
     from orchestrator.tracking import SweepTracker, check_reachable
 
     quiet_libraries(verbose)
-    uri = spec.tracking.resolved_uri()
+    if not resume and spec.sweep_id is None:
+        spec = with_new_id(spec)  # each run is a new sweep (library callers included)
+    from orchestrator.sync import absolute_tracking_uri
+
+    uri = absolute_tracking_uri(spec.tracking.resolved_uri())
     check_reachable(uri)
+    from orchestrator import cleanup, digests, exits, locking, write_buffer
+    from orchestrator.preflight import check_restorable
+    from orchestrator.reconcile import fail_study_orphans, has_tune_state
+
+    lock = locking.acquire(experiment_dir(spec), spec.name)  # a second driver is refused here
+    exits.quiet_trial_failures(verbose)
+    cleanup.stop_orphans(experiment_dir(spec))  # Ray processes a killed driver left behind
+    restore_signals, tracker = exits.install_sigterm(), None
     started = connect_ray(address, verbose=verbose)
+    if started:
+        cleanup.record_ray_processes(experiment_dir(spec))
     try:
+        check_resources(spec)
         # a fresh run of an existing name starts a new parent; resume reuses the old one
         tracker = SweepTracker.for_sweep(spec, uri, reuse=resume)
+        tracker.buffer_dir = experiment_dir(spec)  # MLflow writes that fail wait there
         path = experiment_dir(spec)
         trainable = _trainable(spec)
+        layers = _layers(spec)  # mixed precision: the per-layer dimensions' names
         if resume:
+            check_restorable(path, STUDY_FILE)  # one clear line per broken state file
+        if resume and not has_tune_state(path):
+            # killed before Tune's first snapshot: nothing to restore, start it again in place
+            fail_study_orphans(Path(path) / STUDY_FILE, spec.sweep_id or spec.name)
+            resume = False
+        if resume:
+            digests.verify(path)  # before anything in the storage is unpickled
             tuner = tune.Tuner.restore(
                 path,
                 trainable=trainable,
                 resume_unfinished=True,
                 resume_errored=True,
-                param_space=_param_space(spec),
+                param_space=_param_space(spec, layers),
             )
         else:
             save_spec(spec)
+            search_alg = _search_algorithm(spec, layers)
             tuner = tune.Tuner(
                 trainable,
-                param_space=_param_space(spec),
+                param_space=_param_space(spec, layers),
                 tune_config=tune.TuneConfig(
-                    search_alg=_search_algorithm(spec),
-                    scheduler=_scheduler(spec),
+                    search_alg=search_alg,
+                    scheduler=_scheduler(spec, search_alg),
                     num_samples=spec.search.num_samples,
                     max_concurrent_trials=_concurrency(spec),
                     trial_name_creator=_trial_name,
@@ -336,21 +397,36 @@ def run_sweep(
                     reuse_actors=_reuse_actors(spec),
                 ),
                 run_config=tune.RunConfig(
-                    name=spec.name,
+                    name=spec.sweep_id or spec.name,
                     storage_path=spec.storage_path,
                     callbacks=_callbacks(spec, tracker, stream),
+                    stop=sweep_stopper(spec),
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                    checkpoint_config=_checkpoint_config(spec),
                     verbose=0,
                 ),
             )
-        results = tuner.fit()
+        if not resume:
+            digests.record(path, [TUNER_FILE])  # what resume may unpickle, signed
+        with exits.tune_fit():
+            results = tuner.fit()
         if _interrupted(results, spec):
             raise SweepInterruptedError(spec.name, spec.storage.path)
+        write_buffer.settle(experiment_dir(spec), sync_hint(spec))  # no summary from a gap
+        exits.close_abandoned(tracker)
         return _summarize(spec, tracker, results, path)
+    except BaseException as err:
+        exits.close_on_error(tracker, err)  # no run stays RUNNING, whatever ended the driver
+        exits.raise_if_full(err, experiment_dir(spec))
+        raise
     finally:
+        restore_signals()
         if started:
             import ray
 
             ray.shutdown()
+            cleanup.forget_ray_processes(experiment_dir(spec))
+        lock.release()
 
 
 def _summarize(spec: SweepSpec, tracker: Any, results: Any, path: str) -> SweepOutcome:
@@ -371,4 +447,5 @@ def _summarize(spec: SweepSpec, tracker: Any, results: Any, path: str) -> SweepO
         trials=table,
         best=summary.get("best"),
         pareto=summary.get("pareto"),
+        sweep_id=spec.sweep_id,
     )

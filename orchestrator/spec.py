@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from search_spaces.tune_space import SCENARIO_KEY, is_scenario
 from trainables.config import (
@@ -29,7 +36,8 @@ from trainables.config import (
     unknown_key_message,
 )
 
-RUN_SECTIONS = ("task", "data", "model", "quant", "schedule", "loss", "growth", "train")
+# every section of the run config (a section added there is a sweep key at once: resume reads it)
+RUN_SECTIONS = tuple(RunConfig.model_fields)
 DEFAULT_STORAGE = "bitsweep_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -48,7 +56,7 @@ class Distribution(_Block):
     """One searched key: ``uniform``/``loguniform``/``int`` over [low, high], or ``choice``/``grid``
     over ``values``."""
 
-    dist: Literal["uniform", "loguniform", "int", "choice", "grid"]
+    dist: Literal["uniform", "loguniform", "int", "choice", "grid", "per_layer"]
     low: float | None = None
     high: float | None = None
     step: float | None = None
@@ -56,6 +64,12 @@ class Distribution(_Block):
 
     @model_validator(mode="after")
     def _complete(self) -> Distribution:
+        if self.dist == "per_layer":
+            if not self.values or not all(isinstance(v, int) and 2 <= v <= 8 for v in self.values):
+                raise ValueError("'per_layer' needs 'values': the bit-widths to choose, in 2..8")
+            if self.low is not None or self.high is not None:
+                raise ValueError("'per_layer' takes 'values', not low/high")
+            return self
         if self.dist in ("choice", "grid"):
             if not self.values:
                 raise ValueError(f"'{self.dist}' needs a non-empty 'values' list")
@@ -74,6 +88,8 @@ class Distribution(_Block):
 
     def bounds(self) -> list[Any]:
         """Values that stand for the whole range when validating against the run config."""
+        if self.dist == "per_layer":
+            return [{}]  # the layer names exist once the model is built (mixed_precision.py)
         if self.values is not None:
             return list(self.values)
         if self.dist == "int":
@@ -88,13 +104,40 @@ class Objective(_Block):
     mode: Literal["min", "max"]
 
 
-class SchedulerSpec(_Block):
-    """Early stopping: ASHA over evaluations (``training_iteration``) or none."""
+SchedulerType = Literal["asha", "hyperband", "optuna-sh", "optuna-hyperband", "pbt", "none"]
 
-    type: Literal["asha", "none"] = "none"
+
+class SchedulerSpec(_Block):
+    """Early stopping and population-based training (see orchestrator/search_setup.py).
+
+    ``asha`` / ``hyperband``: Tune's asynchronous successive halving (one bracket / several),
+    judged on evaluations (``training_iteration``); with several objectives ``asha`` becomes
+    the Pareto-rank MO-ASHA. ``optuna-sh`` / ``optuna-hyperband``: Optuna's own pruners decide from
+    the values reported to the study (single objective, ``algorithm: optuna``). ``pbt``: Tune's
+    population-based training over ``mutations`` (keys of ``search.space``), exploiting every
+    ``perturbation_interval`` evaluations from the exact-resume checkpoints.
+    """
+
+    type: SchedulerType = "none"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
     max_t: int | None = Field(None, ge=1)
+    brackets: int = Field(3, ge=1, le=10)
+    perturbation_interval: int = Field(2, ge=1)
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0)
+    mutations: list[str] | None = None
+
+
+class SamplerSpec(_Block):
+    """Optuna's TPE settings (``algorithm: optuna``), defaulted for budgets of tens of trials.
+
+    ``n_startup_trials`` None: a quarter of ``num_samples``, between 3 and 10.
+    """
+
+    multivariate: bool = True
+    n_startup_trials: int | None = Field(None, ge=0)
+    constant_liar: bool = True
 
 
 class SearchSpec(_Block):
@@ -107,7 +150,14 @@ class SearchSpec(_Block):
     mode: Literal["min", "max"] | None = None
     objectives: list[Objective] | None = None
     scheduler: SchedulerSpec = SchedulerSpec()
+    sampler: SamplerSpec = SamplerSpec()
     seed: int = Field(0, ge=0)
+    # Stop conditions (Tune stoppers): a wall-clock budget for the whole sweep, and a value of
+    # the first objective that ends the sweep once any trial reaches it (mode says which side).
+    # Mixed precision: the most model/bits_total a proposal may use (an Optuna constraint)
+    bits_budget: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    stop_at: float | None = None
 
     @model_validator(mode="after")
     def _one_objective_form(self) -> SearchSpec:
@@ -117,6 +167,15 @@ class SearchSpec(_Block):
             raise ValueError("give metric and mode (e.g. val/loss, min) or a list of objectives")
         if self.algorithm == "optuna" and any(d.dist == "grid" for d in self.space.values()):
             raise ValueError("optuna does not search grids: use dist 'choice' or algorithm 'grid'")
+        for problem in _scheduler_problems(self):
+            raise ValueError(problem)
+        for key, dist in self.space.items():
+            if dist.dist == "per_layer" and key != "quant.layer_bits":
+                raise ValueError(f"space.{key}: dist 'per_layer' applies to quant.layer_bits only")
+            if dist.dist == "per_layer" and self.algorithm == "grid":
+                raise ValueError(f"space.{key}: algorithm 'grid' cannot search 'per_layer'")
+        if self.bits_budget is not None and self.algorithm != "optuna":
+            raise ValueError("bits_budget is an Optuna constraint: set algorithm: optuna")
         return self
 
     @property
@@ -127,6 +186,41 @@ class SearchSpec(_Block):
         return [Objective(metric=self.metric or "", mode=self.mode or "min")]
 
 
+def _scheduler_problems(search: SearchSpec) -> Iterable[str]:
+    kind = search.scheduler.type
+    multi = bool(search.objectives) and len(search.objectives or []) > 1
+    if kind.startswith("optuna-"):
+        if search.algorithm != "optuna" or not search.space:
+            yield (
+                f"scheduler.type {kind!r} prunes through the Optuna study: set algorithm: optuna "
+                "with at least one key in search.space"
+            )
+        if multi:
+            yield (
+                f"scheduler.type {kind!r} judges one objective (Optuna's pruners do not support "
+                "several); use type 'asha' (Pareto-rank for several objectives)"
+            )
+    if kind == "pbt":
+        if search.algorithm != "random":
+            yield (
+                "scheduler.type 'pbt' samples its first population at random (Tune refuses a "
+                "search algorithm with PBT): set algorithm: random"
+            )
+        if multi:
+            yield "scheduler.type 'pbt' exploits on one objective: give metric and mode"
+        numeric = [k for k, d in search.space.items() if d.dist in ("uniform", "loguniform", "int")]
+        keys = search.scheduler.mutations if search.scheduler.mutations is not None else numeric
+        for key in keys:
+            if key not in search.space:
+                yield f"scheduler.mutations: {key!r} is not a key of search.space"
+            elif key == SCENARIO_KEY or search.space[key].dist == "per_layer":
+                yield f"scheduler.mutations: {key!r} (a scenario or per-layer key) cannot mutate"
+        if not keys:
+            yield "scheduler.type 'pbt' needs a uniform, loguniform or int key in search.space"
+    elif search.scheduler.mutations is not None:
+        yield "scheduler.mutations applies to scheduler.type 'pbt' only"
+
+
 class ResourcesSpec(_Block):
     """How each trial runs and how many run at once."""
 
@@ -135,6 +229,8 @@ class ResourcesSpec(_Block):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    # Retries of a failed trial (Tune's FailureConfig) and of a failed Train run (Train's).
+    max_failures: int = Field(0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _strategy_fits(self) -> ResourcesSpec:
@@ -147,6 +243,9 @@ class StorageSpec(_Block):
     """Where Tune keeps results and checkpoints: a local path or a pyarrow filesystem URI."""
 
     path: str = DEFAULT_STORAGE
+    # Checkpoints kept per trial besides its latest: the best N by the first objective (Tune's
+    # CheckpointConfig; the latest is never deleted). None keeps every checkpoint.
+    keep_checkpoints: int | None = Field(1, ge=1)
 
 
 class TrackingSpec(_Block):
@@ -154,6 +253,16 @@ class TrackingSpec(_Block):
 
     uri: str | None = None
     experiment: str = "bitsweep"
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        from orchestrator.uris import tracking_scheme_problem
+
+        problem = tracking_scheme_problem(uri) if uri else None
+        if problem:
+            raise ValueError(problem)
+        return uri
 
     def resolved_uri(self) -> str:
         """The URI to log to."""
@@ -167,12 +276,17 @@ class AblationSpec(_Block):
     rows: str
     cols: str | None = None
     value: str
+    # None: finished trials' final values; a step: every trial's value at that step (an ASHA
+    # rung), so trials stopped early compare with finished ones where both were measured
+    at_step: int | None = Field(None, ge=0)
 
 
 class SweepSpec(_Block):
     """A validated sweep: the base run config and everything around it."""
 
     name: str
+    # name plus a short suffix, one per `bitsweep run` (orchestrator.identity); None until run
+    sweep_id: str | None = None
     description: str = ""
     preset: str | None = None
     run: RunConfig
@@ -185,6 +299,8 @@ class SweepSpec(_Block):
     def to_document(self) -> dict[str, Any]:
         """The resolved sweep as a YAML-ready document (what MLflow and resume store)."""
         doc: dict[str, Any] = {"name": self.name}
+        if self.sweep_id:
+            doc["sweep_id"] = self.sweep_id
         if self.description:
             doc["description"] = self.description
         if self.preset:
@@ -278,6 +394,10 @@ def _all_section_fields() -> Iterable[tuple[str, str]]:
                         ("storage", StorageSpec), ("tracking", TrackingSpec)):  # fmt: skip
         for field in block.model_fields:
             yield name, field
+    # the search block's own sub-blocks, so `search.scheduler.type=asha` works on any preset
+    for name, block in (("scheduler", SchedulerSpec), ("sampler", SamplerSpec)):
+        for field in block.model_fields:
+            yield "search", f"{name}.{field}"
 
 
 def build_sweep(
@@ -291,8 +411,8 @@ def build_sweep(
     if not isinstance(document, Mapping):
         raise SweepSpecError([("", "a sweep file must be a YAML mapping of sections")])
     problems: list[tuple[str, str]] = []
-    known = {*RUN_SECTIONS, "name", "description", "preset", "search", "resources", "storage",
-             "tracking", "ablation"}  # fmt: skip
+    known = {*RUN_SECTIONS, "name", "sweep_id", "description", "preset", "search", "resources",
+             "storage", "tracking", "ablation"}  # fmt: skip
     for key in document:
         if key not in known:
             problems.append((key, unknown_key_message(key, known)))
@@ -306,6 +426,9 @@ def build_sweep(
     sweep_name = str(doc.get("name") or name or "sweep")
     if not NAME_PATTERN.match(sweep_name):
         problems.append(("name", "use letters, digits, '_', '-' or '.' (at most 100 characters)"))
+    sweep_id = doc.get("sweep_id")
+    if sweep_id is not None and not NAME_PATTERN.match(str(sweep_id)):
+        problems.append(("sweep_id", "use letters, digits, '_', '-' or '.'"))
     blocks: dict[str, Any] = {}
     for key, model in (("search", SearchSpec), ("resources", ResourcesSpec),
                        ("storage", StorageSpec), ("tracking", TrackingSpec)):  # fmt: skip
@@ -335,12 +458,21 @@ def build_sweep(
         raise SweepSpecError(problems)
     return SweepSpec(
         name=sweep_name,
+        sweep_id=None if sweep_id is None else str(sweep_id),
         description=str(doc.get("description") or ""),
         preset=preset or doc.get("preset"),
         run=run,
         ablation=ablations,
         **blocks,
     )
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'demo'?"`` for a close match among ``choices``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def load_sweep(source: str, overrides: Sequence[str] = ()) -> SweepSpec:
@@ -361,8 +493,9 @@ def load_sweep(source: str, overrides: Sequence[str] = ()) -> SweepSpec:
             [
                 (
                     "",
-                    f"{source!r} is neither a sweep file nor a preset; "
-                    f"presets: {', '.join(preset_names())}",
+                    f"{source!r} is neither a sweep file nor a preset"
+                    + _did_you_mean(source, preset_names())
+                    + f" (presets: {', '.join(preset_names())})",
                 )
             ]
         )
@@ -429,7 +562,8 @@ def reported_metrics(run: RunConfig, search: SearchSpec | None = None) -> set[st
 
     names = {"step", "train/loss", "train/lr", "loss/task", "val/loss", "quant/lambda",
              "growth/stage", "model/params", "model/bits_total", "model/bits_per_weight",
-             "model/packed_bytes"}  # fmt: skip
+             "model/quant_bits_per_weight",
+             "model/packed_bytes", "train/grad_norm"}  # fmt: skip
     if run.task.kind == "lm":
         names |= {"val/bpb", "perf/tokens_per_s"}
     else:

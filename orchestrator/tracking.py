@@ -29,8 +29,18 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 from ray.tune import Callback
 
+from trainables.growth_events import EVENT_METRICS as GROWTH_EVENT_METRICS
+from trainables.growth_events import EVENTS_ARTIFACT as GROWTH_EVENTS_ARTIFACT
+from trainables.growth_events import MARKER as GROWTH_MARKER
+from trainables.growth_events import events_from_history
+from trainables.run_tags import run_tags
+
 from . import __version__
+from .ablation_select import select_values
 from .analysis import Objective, ablation_table, matrices_from_table, pareto_front
+from .naming import child_run_name, log_parent_summary, mark_trial_state, searched_keys
+from .study import link_run
+from .telemetry_tracking import log_drift_events
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "bitsweep"
 PACKED_DIR = "packed"  # the sub-directory of a final checkpoint that holds the packed model
+ARTIFACTS_DIR = "artifacts"  # a checkpoint's files for the run's artifact root (trainables)
 # MLflow's limits (mlflow.utils.validation): checked here so a long value never fails a batch.
 MAX_KEY = 250
 MAX_PARAM_VALUE = 6000
@@ -286,6 +297,8 @@ class SweepTracker:
         self.reuse = reuse
         self.storage_filesystem = storage_filesystem
         self.storage_path = storage_path
+        # one id per run of a name (orchestrator.identity); the parent run is named by it
+        self.sweep_id: str | None = self.extra_tags.get("bitsweep.sweep_id")
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self.resumed = False
@@ -303,6 +316,8 @@ class SweepTracker:
         search = spec.search
         objectives = [(o.metric, o.mode) for o in search.objective_list]
         space = search.model_dump(mode="json", exclude_none=True)
+        if getattr(spec, "sweep_id", None):
+            kwargs["tags"] = {"bitsweep.sweep_id": spec.sweep_id, **(kwargs.get("tags") or {})}
         return cls(
             spec.name,
             tracking_uri=uri or spec.tracking.uri,
@@ -350,12 +365,17 @@ class SweepTracker:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow import MlflowClient
 
-        self._client = client = MlflowClient(self.tracking_uri)
+        from .write_buffer import buffered
+
+        # writes that fail while the store is away wait on disk in the sweep's folder (replayed)
+        client = buffered(MlflowClient(self.tracking_uri), getattr(self, "buffer_dir", None))
+        self._client = client
         self.experiment_id = self._experiment_id()
         parent = self._find_parent()
         if parent is None:
-            tags = {"bitsweep.role": "sweep", "bitsweep.sweep": self.sweep}
-            parent = client.create_run(self.experiment_id, run_name=self.sweep, tags=tags)
+            tags = {"bitsweep.role": "sweep", "bitsweep.sweep": self.sweep, **self.extra_tags}
+            name = self.sweep_id or self.sweep
+            parent = client.create_run(self.experiment_id, run_name=name, tags=tags)
             self.resumed = False
         else:
             self.resumed = True
@@ -367,9 +387,13 @@ class SweepTracker:
         return self.parent_run_id
 
     def _experiment_id(self) -> str:
+        from .naming import mark_experiment
+
         found = self.client.get_experiment_by_name(self.experiment)
         if found is None:
-            return self.client.create_experiment(self.experiment)
+            experiment_id = self.client.create_experiment(self.experiment)
+            mark_experiment(self.client, experiment_id)  # opens as model training, not GenAI
+            return experiment_id
         if found.lifecycle_stage == "deleted":
             raise TrackingUnreachableError(
                 f"MLflow experiment {self.experiment!r} at {self.tracking_uri} is deleted: restore "
@@ -384,10 +408,12 @@ class SweepTracker:
                 return run
         if not self.reuse:
             return None
+        tag, value = ("bitsweep.sweep", self.sweep)
+        if self.sweep_id:
+            tag, value = "bitsweep.sweep_id", self.sweep_id
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`bitsweep.sweep` = '{self.sweep}' "
-            "and tags.`bitsweep.role` = 'sweep'",
+            filter_string=f"tags.`{tag}` = '{value}' and tags.`bitsweep.role` = 'sweep'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -454,8 +480,10 @@ class SweepTracker:
                 "bitsweep.sweep": self.sweep,
                 "bitsweep.trial_id": trial_id,
                 "bitsweep.status": RUNNING,
+                **run_tags(params),  # seed 003's stage / source / model tags (hf_causal_lm)
             }
-            run = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags)
+            run_name = child_run_name(params, searched_keys(self.search_space), trial_id)
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             record = _TrialRun(trial_id, run.info.run_id, params)
             self._log_params(record.run_id, params, {})
         else:
@@ -464,6 +492,7 @@ class SweepTracker:
             record.status = found.data.tags.get("bitsweep.status", RUNNING)
             self._log_params(record.run_id, params, found.data.params)
         self._trials[trial_id] = record
+        link_run(trial_id, record.run_id)  # the Optuna trial's mlflow_run_id (orchestrator.study)
         return record
 
     def _last_logged_step(self, run: Run) -> int:
@@ -546,7 +575,29 @@ class SweepTracker:
                 old = record.best.get(name)
                 better = old is None or (value < old if mode == "min" else value > old)
                 record.best[name] = value if better else old
+        if GROWTH_MARKER in metrics:  # the model grew at this step (seed 004)
+            self._log_growth_events(record, step, metrics)
+        # bit_lm: K, C or S drifted (seed 004); a halting drift ends the trial as stopped early
+        if log_drift_events(self.client, record.run_id, step, metrics, record.params):
+            record.stopped_early = True
         return len(entries)
+
+    def _log_growth_events(
+        self, record: _TrialRun, step: int, metrics: Mapping[str, float]
+    ) -> None:
+        """Rewrite the run's ``growth_events.json`` from its ``growth/*`` metric history.
+
+        Rebuilt from what MLflow holds (plus this step), so it stays complete when a restored
+        sweep's tracker did not see the earlier growths.
+        """
+        history = {
+            name: {m.step: m.value for m in self.client.get_metric_history(record.run_id, name)}
+            for name in sorted(GROWTH_EVENT_METRICS)
+        }
+        for name in GROWTH_EVENT_METRICS & metrics.keys():
+            history[name][step] = metrics[name]
+        events = events_from_history(history)
+        self.client.log_text(record.run_id, json.dumps(events, indent=2), GROWTH_EVENTS_ARTIFACT)
 
     def set_checkpoint(
         self, trial_id: str, path: str, filesystem: pyarrow.fs.FileSystem | None = None
@@ -571,6 +622,8 @@ class SweepTracker:
         self._upload_packed(record)
         status = STOPPED_EARLY if stopped_early else FINISHED
         self._set_status(record, status, "FINISHED")
+        mark_trial_state(self.client, record.run_id, self._run_name(record), status,
+                         record.last_step, record.params.get("train.steps"))  # fmt: skip
         return status
 
     @staticmethod
@@ -594,17 +647,27 @@ class SweepTracker:
         if details:
             self.client.log_text(record.run_id, details, "error.txt")
         self._set_status(record, FAILED, "FAILED")
+        mark_trial_state(self.client, record.run_id, self._run_name(record), FAILED,
+                         record.last_step, None, reason)  # fmt: skip
+
+    def _run_name(self, record: _TrialRun) -> str:
+        """The child run's name from its searched values (orchestrator.naming)."""
+        return child_run_name(record.params, searched_keys(self.search_space), record.trial_id)
 
     def _upload_packed(self, record: _TrialRun) -> None:
         if record.checkpoint is None:
             return
         path, filesystem = record.checkpoint
-        with tempfile.TemporaryDirectory(prefix="bitsweep-packed-") as tmp:
-            local = _local_packed_dir(path, filesystem or self._storage_fs(path), Path(tmp))
-            if local is None:
-                log.debug("trial %s: no %s/ in checkpoint %s", record.trial_id, PACKED_DIR, path)
-                return
-            self.client.log_artifacts(record.run_id, str(local), "model/packed")
+        # the packed model as model/packed; the trial's data artifacts (seed 003's
+        # self-generated JSONL and filter counts) from <checkpoint>/artifacts/ at the run's root
+        for name, target in ((PACKED_DIR, "model/packed"), (ARTIFACTS_DIR, None)):
+            with tempfile.TemporaryDirectory(prefix="bitsweep-packed-") as tmp:
+                fs = filesystem or self._storage_fs(path)
+                local = _local_packed_dir(path, fs, Path(tmp), name)
+                if local is None:
+                    log.debug("trial %s: no %s/ in checkpoint %s", record.trial_id, name, path)
+                    continue
+                self.client.log_artifacts(record.run_id, str(local), target)
 
     def _storage_fs(self, path: str) -> pyarrow.fs.FileSystem | None:
         """The filesystem of a scheme-less checkpoint path on remote storage (s3://, gs://).
@@ -679,10 +742,15 @@ class SweepTracker:
 
         table = self.trial_table() if trial_table is None else trial_table
         objectives = list(self.objectives if objectives is None else objectives)
+
+        def history(run_id: str, metric: str) -> list[tuple[int, float]]:
+            return [(m.step, m.value) for m in self.client.get_metric_history(run_id, metric)]
+
         with tempfile.TemporaryDirectory(prefix="bitsweep-sweep-") as tmp:
-            summary = write_sweep_artifacts(Path(tmp), table, ablations, objectives)
+            summary = write_sweep_artifacts(Path(tmp), table, ablations, objectives, history)
             self.client.log_artifacts(self.parent_run_id, tmp)
 
+        log_parent_summary(self.client, self.parent_run_id, table, summary.get("best_trial"))
         tags = [RunTag("bitsweep.status", FAILED if failed else FINISHED)]
         if error:
             tags.append(RunTag("bitsweep.error", error[:MAX_TAG_VALUE]))
@@ -691,19 +759,19 @@ class SweepTracker:
         return SweepSummary(self.parent_run_id, table, **summary)
 
 
-def _local_packed_dir(path: str, filesystem: Any, tmp: Path) -> Path | None:
-    """A local folder with the checkpoint's ``packed/`` (downloaded into ``tmp`` if remote)."""
+def _local_packed_dir(path: str, filesystem: Any, tmp: Path, name: str = PACKED_DIR) -> Path | None:
+    """A local folder with the checkpoint's ``name/`` (downloaded into ``tmp`` if remote)."""
     import pyarrow.fs as pafs
 
     if filesystem is None and "://" in path:
         filesystem, path = pafs.FileSystem.from_uri(path)
     if filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
-        local = Path(path) / PACKED_DIR
+        local = Path(path) / name
         return local if local.is_dir() else None
-    source = f"{path.rstrip('/')}/{PACKED_DIR}"
+    source = f"{path.rstrip('/')}/{name}"
     if filesystem.get_file_info(source).type != pafs.FileType.Directory:
         return None
-    target = tmp / PACKED_DIR
+    target = tmp / name
     pafs.copy_files(
         source,
         str(target),
@@ -800,10 +868,13 @@ def write_sweep_artifacts(
     table: pd.DataFrame,
     ablations: Iterable[Mapping[str, str] | Any],
     objectives: Sequence[Objective],
+    history: Callable[[str, str], Sequence[tuple[int, float]]] | None = None,
 ) -> dict[str, Any]:
     """Write the parent run's result files under ``directory`` (see :meth:`SweepTracker.finish`).
 
-    Returns the :class:`SweepSummary` fields other than the parent id and the trial table.
+    Ablations take finished trials' values, or with ``at_step`` every trial's value at that step
+    (read through ``history(run_id, metric)``; orchestrator.ablation_select). Returns the
+    :class:`SweepSummary` fields other than the parent id and the trial table.
     """
     from .plots import ablation_heatmap, pareto_plot
 
@@ -813,11 +884,11 @@ def write_sweep_artifacts(
     for spec in ablations:
         rows, cols, value = (_field(spec, k) for k in ("rows", "cols", "value"))
         name = str(_field(spec, "name") or f"{value}_by_{rows}").replace("/", "_")
-        # a failed trial keeps its cell (the grid keeps its shape), not its partial value
-        valued = table.copy()
-        if "status" in valued and value in valued:
-            valued.loc[valued["status"] == FAILED, value] = float("nan")
+        # finished trials only, or all at one step; failed trials keep their cell, not a value
         try:
+            valued, label = select_values(
+                table, value, at_step=_field(spec, "at_step"), history=history
+            )
             long = ablation_table(valued, rows, cols, value)
         except ValueError as err:
             warnings.append(f"ablation {name!r} skipped: {err}")
@@ -826,14 +897,14 @@ def write_sweep_artifacts(
         matrices[name] = (mean, std)
         # one row per trial (what the matrix aggregates), then one row per cell (mean/std/count)
         per_trial = [c for c in ("trial_id", "run_id", "status", rows, cols, value) if c in table]
-        written += _write_frame(table[per_trial], directory / "ablation" / f"{name}.parquet")
+        written += _write_frame(valued[per_trial], directory / "ablation" / f"{name}.parquet")
         written += _write_frame(long, directory / "ablation" / f"{name}_cells.parquet")
         written.append(
             ablation_heatmap(
                 mean,
                 std,
                 directory / "ablation" / f"{name}.png",
-                title=name,
+                title=f"{name}: {label}",
                 value=value,
                 count=count,
             )

@@ -88,3 +88,56 @@ def test_bad_override_and_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 2 and "none.yaml does not exist" in result.stderr
     result = _cli("resume", "ghost", "--storage", str(tmp_path))
     assert result.returncode == 2 and "no sweep named 'ghost'" in result.stderr
+
+
+# ---- what a newcomer meets (issue 16) --------------------------------------------------------
+
+
+def test_run_without_arguments_prints_a_short_usage_with_an_example(tmp_path: Path) -> None:
+    result = _cli("run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage: bitsweep run SPEC|PRESET" in result.stderr
+    assert "example:" in result.stderr and "bitsweep run demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_options_and_overrides_mix_in_any_order(tmp_path: Path) -> None:
+    # each reaches validation (the bad key is named), so the parser accepted the order
+    result = _cli("run", "demo", "--verbose", "train.stesp=5", "--name", "x", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "did you mean 'train.steps'" in result.stderr
+    result = _cli("run", "--name", "x", "demo", "train.steps=abc", "--verbose", cwd=tmp_path)
+    assert result.returncode == 2 and "train.steps" in result.stderr
+    result = _cli("validate", "demo", "train.steps=20", "search.num_samples=2")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "bitsweep_results").exists()
+
+
+def test_a_misspelled_preset_gets_did_you_mean(tmp_path: Path) -> None:
+    for command in ("run", "validate"):
+        result = _cli(command, "dmeo", cwd=tmp_path)
+        assert result.returncode == 2
+        assert "'dmeo' is neither a sweep file nor a preset; did you mean 'demo'?" in result.stderr
+
+
+def test_a_bad_sweep_name_is_refused(tmp_path: Path) -> None:
+    result = _cli("run", "demo", "--name", "my sweep", cwd=tmp_path)
+    assert result.returncode == 2 and "--name" in result.stderr
+
+
+def test_an_unknown_tracking_scheme_fails_at_validation(tmp_path: Path) -> None:
+    import os
+
+    result = _cli("validate", "demo", "tracking.uri=htp://127.0.0.1:5000")
+    assert result.returncode == 2
+    assert "tracking.uri" in result.stderr and "unknown scheme 'htp://'" in result.stderr
+    assert "did you mean 'http://'" in result.stderr
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "htp://127.0.0.1:5000"}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", "demo"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "MLFLOW_TRACKING_URI" in result.stderr
+    assert "unknown scheme 'htp://'" in result.stderr
+    assert "MlflowException" not in result.stderr and "registry" not in result.stderr
+    assert not (tmp_path / "bitsweep_results").exists()

@@ -72,7 +72,9 @@ def test_cli_report_prints_the_matrix_and_writes_plots(made: Handmade, tmp_path:
     assert "Pareto front (" in text and "best val/acc:" in text
     assert "t99: ValueError: loss is nan" in text
     expected = {f"abl_{kind}.png" for kind in ("ablation_bits_by_scheme", "ablation_by_seed",
-                "pareto", "learning_curves", "bit_widths", "exit_layers", "growth")}  # fmt: skip
+                "pareto", "learning_curves", "bit_widths", "exit_layers", "growth",
+                "importance", "parallel_coordinates")}  # fmt: skip
+    assert "parameter importance for val/acc (fANOVA over finished trials):" in text
     assert {p.name for p in out.iterdir()} == expected
     for name in expected:
         assert str(out / name) in text  # every path is printed

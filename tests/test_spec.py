@@ -11,7 +11,11 @@ from orchestrator.spec import SweepSpecError, build_sweep, load_sweep, parse_ove
 from search_spaces import load_preset_text, preset_descriptions, preset_names
 from search_spaces.tune_space import param_space
 
-PRESETS = ["demo", "bitnet-lm", "br-ablation", "bit-budget", "early-exit", "scaleup"]
+PRESETS = ["demo", "bitnet-lm", "br-ablation", "bit-budget", "early-exit", "scaleup",
+           "bitnet-finetune", "bit-lm", "bit-lm-ablation", "bit-lm-scaleup",
+           "mixed-precision"]  # fmt: skip
+# Presets that need a value only the user knows (a local model directory): given here.
+REQUIRED = {"bitnet-finetune": ["model.hf_path=/models/base"]}
 
 
 def test_all_presets_are_shipped_and_described() -> None:
@@ -21,11 +25,14 @@ def test_all_presets_are_shipped_and_described() -> None:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_validates_and_round_trips(preset: str) -> None:
-    spec = load_sweep(preset)
+    spec = load_sweep(preset, REQUIRED.get(preset, []))
     assert spec.name == preset and spec.preset == preset
     again = build_sweep(yaml.safe_load(spec.to_yaml()), preset=preset)
     assert again == spec
-    space = param_space(spec.run.to_flat(), spec.search.space)
+    from orchestrator.mixed_precision import LayerBits, per_layer_keys
+
+    names = LayerBits(spec.run).names if per_layer_keys(spec) else ()
+    space = param_space(spec.run.to_flat(), spec.search.space, names)
     assert set(space["run_config"]) == set(spec.run.to_flat())
 
 
@@ -120,3 +127,43 @@ def test_ablation_value_must_be_reported() -> None:
 def test_optuna_refuses_grids() -> None:
     with pytest.raises(SweepSpecError, match="optuna does not search grids"):
         load_sweep("demo", ["search.space.train.seed={dist: grid, values: [0, 1]}"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["search.scheduler.type=optuna-sh", "search.algorithm=random"], "set algorithm: optuna"),
+        (["search.scheduler.type=pbt"], "set algorithm: random"),
+        (["search.scheduler.type=pbt", "search.algorithm=random",
+          "search.scheduler.mutations=[train.nope]"], "not a key of search.space"),
+        (["search.scheduler.mutations=[train.lr]"], "applies to scheduler.type 'pbt' only"),
+        (["search.bits_budget=1000", "search.algorithm=random"], "bits_budget is an Optuna"),
+        (["search.space.train.lr={dist: per_layer, values: [2, 4]}"], "quant.layer_bits only"),
+        (["search.space.quant.layer_bits={dist: per_layer, values: [1, 4]}"], "in 2..8"),
+    ],
+)  # fmt: skip
+def test_scheduler_and_search_options_are_validated(overrides: list[str], message: str) -> None:
+    with pytest.raises(SweepSpecError, match=message):
+        load_sweep("demo", overrides)
+
+
+def test_optuna_pruners_take_one_objective() -> None:
+    with pytest.raises(SweepSpecError, match="judges one objective"):
+        load_sweep("bit-budget", ["search.scheduler.type=optuna-hyperband"])
+
+
+def test_per_layer_space_expands_to_one_dimension_per_layer() -> None:
+    from orchestrator.mixed_precision import LayerBits
+
+    spec = load_sweep("mixed-precision")
+    layers = LayerBits(spec.run)
+    space = param_space(spec.run.to_flat(), spec.search.space, layers.names)
+    per_layer = space["run_config"]["quant.layer_bits"]
+    assert sorted(per_layer) == sorted(layers.names) == ["head", "layers.0", "layers.1"]
+    assert all(d.categories == [2, 3, 4, 6, 8] for d in per_layer.values())
+    # more bits, more model: the budget constraint measures what the trial will report
+    assert layers.bits_total(dict.fromkeys(layers.names, 2)) < layers.bits_total(
+        dict.fromkeys(layers.names, 8)
+    )
+    with pytest.raises(ValueError, match="layer names"):
+        param_space(spec.run.to_flat(), spec.search.space)
