@@ -1,6 +1,7 @@
 # bitsweep: the two commands of the README, each doing its own set-up.
-#   make demo   set up .venv and run the main job
-#   make test   set up .venv (with the dev extra) and run lint + the whole test suite
+#   make demo   set up .venv and run the main job (DEMO_ARGS="train.steps=20 ..." shortens it)
+#   make test   set up .venv (with the dev and notebooks extras: JupyterLab) and run lint + tests
+# The commands live in .venv/bin: run them as .venv/bin/bitsweep, or `source .venv/bin/activate`.
 # Installs are constrained by constraints.txt (torch==2.13.0, the provided CPU wheel).
 
 PYTHON ?= python3
@@ -11,6 +12,7 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup setup-dev demo test lint bench clean
 
@@ -21,8 +23,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e .
 	touch $@
 
+# JupyterLab (the notebooks extra) pulls rfc3987-syntax through jsonschema[format-nongpl]; Ray
+# imports jsonschema in every process, and that package builds a grammar at import (16 s per Ray
+# process on a busy 2-core machine: raylets timed out waiting for their agents). Jupyter runs
+# without it, so it is removed again.
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) -e ".[dev,notebooks]"
+	$(BIN)/python -m pip uninstall --yes --quiet rfc3987-syntax
 	touch $(VENV)/.installed $@
 
 setup: $(VENV)/.installed
@@ -30,7 +37,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 demo: setup
-	$(BIN)/bitsweep run demo
+	$(BIN)/bitsweep run demo $(DEMO_ARGS)
 
 lint: setup-dev
 	$(BIN)/ruff check .
@@ -41,7 +48,7 @@ test: setup-dev lint
 
 # Benchmarks are not tests: each prints ratios against a baseline of the same run and writes
 # benchmarks/results/*.json; BENCHMARKS.md is regenerated from them.
-BENCHES := bench_quant_layers bench_orchestration bench_search bench_packing bench_ddp_scaling bench_deployed
+BENCHES := bench_quant_layers bench_orchestration bench_search bench_packing bench_ddp_scaling bench_deployed bench_bit_lm bench_tracking_load
 bench: setup-dev
 	for b in $(BENCHES); do $(BIN)/python -m benchmarks.$$b || exit 1; done
 	$(BIN)/python -m benchmarks.report

@@ -117,3 +117,116 @@ def test_sequence_logits_are_flattened() -> None:
     logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
     expected = nn.functional.cross_entropy(logits.reshape(10, 7), targets.reshape(10))
     torch.testing.assert_close(loss_fn(logits, targets), expected)
+
+
+# ---------------------------------------------------------------- in the trainer (seed 000)
+def _digits_cfg(**loss: object) -> object:
+    from trainables.config import RunConfig
+
+    return RunConfig.from_dict(
+        {
+            "task": {"kind": "vision"},
+            "data": {"source": "digits"},
+            "model": {"arch": "mlp", "hidden": [32]},
+            "quant": {"scheme": "adaptive", "init_bits": 6.0},
+            "loss": loss,
+        }
+    )
+
+
+def test_seed_defaults_and_the_loss_fn_key() -> None:
+    from trainables.config import ConfigError, RunConfig
+
+    loss = RunConfig().loss
+    assert loss.fn == "ce" and loss.bit_loss_normalize is False  # seed 000's defaults
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"loss": {"fn": "bit_balanced_ce"}})  # the ternary scheme
+    assert info.value.problems[0][0] == "loss.fn" and "adaptive" in info.value.problems[0][1]
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"quant": {"scheme": "adaptive"}, "loss": {"bit_loss_weight": 0.1}})
+    assert info.value.problems[0][0] == "loss.bit_loss_weight"
+    assert "loss.fn: bit_balanced_ce" in info.value.problems[0][1]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_the_trainer_loss_is_bit_balanced_cross_entropy(normalize: bool) -> None:
+    """``loss.fn: bit_balanced_ce``: the objective's total is the seed's loss on the logits."""
+    from trainables.build import build_model, initial_architecture, load_task_data
+    from trainables.objective import Objective
+
+    cfg = _digits_cfg(fn="bit_balanced_ce", bit_loss_weight=1e-4, bit_loss_normalize=normalize)
+    data = load_task_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, initial_architecture(cfg, data)).eval()  # eval: nearest rounding
+    objective = Objective(cfg, model)
+    x, y = data.train_images[:32], data.train_labels[:32]
+    out = model(x, targets=y)
+    total, terms = objective(out, 0)
+    seed_loss = BitBalancedCrossEntropy(1e-4, normalize).set_model(model)
+    torch.testing.assert_close(total, seed_loss(out.logits, y))
+    bits = compute_total_bit_usage(model)
+    expected_bits = bits / count_trainable_parameters(model) if normalize else bits
+    torch.testing.assert_close(terms["loss/bits"], expected_bits)
+    # the penalty reaches the bit-widths through the trainer's loss: d(total - CE)/db = w * numel
+    layers = [m for m in model.modules() if isinstance(m, AdaptiveBitLinear)]
+    total.backward()
+    g_total = [m.bit_width.grad.clone() for m in layers]
+    model.zero_grad()
+    model(x, targets=y).task_loss.backward()
+    scale = 1e-4 / (count_trainable_parameters(model) if normalize else 1)
+    for (
+        layer,
+        g,
+    ) in zip(layers, g_total, strict=True):
+        numel = layer.weight.numel() + layer.bias.numel()
+        torch.testing.assert_close(g - layer.bit_width.grad, torch.tensor(scale * numel))
+    plain = Objective(_digits_cfg(), model)  # loss.fn: ce
+    total_ce, terms_ce = plain(model(x, targets=y), 0)
+    assert "loss/bits" not in terms_ce
+    torch.testing.assert_close(total_ce, terms_ce["loss/task"])
+
+
+def test_bit_widths_get_their_own_learning_rate_and_no_decay() -> None:
+    from trainables.quant import bit_width_parameters, param_groups
+
+    model = _model()
+    groups = param_groups(model, lr=1e-3, weight_decay=0.1, bit_lr=0.05)
+    assert len(groups) == 2
+    assert groups[1]["params"] == bit_width_parameters(model) and len(groups[1]["params"]) == 2
+    assert groups[1]["lr"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert groups[1]["lr_scale"] == pytest.approx(50.0)
+    n_all = sum(1 for p in model.parameters())
+    assert len(groups[0]["params"]) + 2 == n_all
+    assert len(param_groups(model, lr=1e-3, weight_decay=0.1, bit_lr=None)) == 1
+
+
+BUDGET_WEIGHTS = (1e-4, 1e-2, 1.0)
+
+
+def test_bit_budget_preset_trades_bits_against_accuracy() -> None:
+    """Seed 000 on the ``bit-budget`` preset (shortened to 300 steps): total bits fall as the
+    bit-loss weight rises, by more than 2x over the searched range, the task loss rises, and the
+    layers learn different bit-widths. (Before bit-widths had their own learning rate every
+    weight ended at the same bits.)"""
+    from orchestrator.spec import load_sweep
+    from trainables.build import load_task_data
+    from trainables.loop import train
+    from trainables.reporting import ListReporter
+
+    spec = load_sweep("bit-budget")
+    searched = spec.search.space["loss.bit_loss_weight"]
+    assert searched.low <= min(BUDGET_WEIGHTS) and max(BUDGET_WEIGHTS) <= searched.high
+    base = spec.run.with_overrides({"train.steps": 300, "train.eval_every": 300})
+    data = load_task_data(base)
+    finals = []
+    for weight in BUDGET_WEIGHTS:
+        reporter = ListReporter()
+        train(base.with_overrides({"loss.bit_loss_weight": weight}), data=data, reporter=reporter)
+        finals.append(reporter.last)
+    totals = [m["model/bits_total"] for m in finals]
+    assert totals[0] > totals[1] > totals[2], totals
+    assert totals[0] > 2.0 * totals[2], totals
+    assert finals[2]["val/loss"] > finals[0]["val/loss"]
+    widths = [{k: v for k, v in m.items() if k.startswith("bits/")} for m in finals]
+    assert all(len(w) == 3 for w in widths)  # both hidden layers and the head learn bits
+    assert any(len(set(w.values())) > 1 for w in widths), widths

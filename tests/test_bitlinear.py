@@ -13,6 +13,7 @@ from trainables.quant import (
     HBitLinear,
     TernaryLinear,
     activation_quantize,
+    hadamard_transform,
     ternary_dequantize,
 )
 
@@ -136,3 +137,70 @@ def test_two_bitlinear_layers_learn_a_toy_task() -> None:
     assert losses[0] > 1.2  # about ln 4 at the start
     assert losses[-1] < 0.5 * losses[0]
     assert accuracy > 0.85
+
+
+def _outlier_input(seed: int, features: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, features, generator=g)  # [tokens, in]
+    x[:, 3] *= 40.0  # an outlier channel, what the Hadamard transform spreads (BitNet v2)
+    return x
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+@pytest.mark.parametrize("training", [True, False])
+def test_hbitlinear_normalizes_the_transformed_activations(lam: float, training: bool) -> None:
+    """Seed 001's order: Hadamard transform, then the norm, then quantization.
+
+    The norm's input is ``H x`` (not ``x``), and with a non-uniform gain the output is
+    ``Q_w(W') Q_a(norm(H x))``; the opposite order (norm, then Hadamard) gives another value.
+    """
+    torch.manual_seed(0)
+    layer = HBitLinear(64, 16, bias=False, input_norm=True, act_bits=8).train(training)
+    layer.set_quant_lambda(lam)
+    assert layer.norm is not None
+    with torch.no_grad():
+        layer.norm.weight.copy_(torch.linspace(0.2, 3.0, 64))  # a learned, non-uniform gain
+    seen: list[torch.Tensor] = []
+    layer.norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    x = _outlier_input(1)
+    with torch.no_grad():
+        y = layer(x)
+    h = hadamard_transform(x, layer.block_size)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], h)
+    with torch.no_grad():
+        lam_eff = layer.effective_lambda()
+        a = layer.norm(h)
+        a_q = activation_quantize(a, 8)
+        w_q = ternary_dequantize(layer.weight)
+        expected = nn.functional.linear(
+            a + lam_eff * (a_q - a), layer.weight + lam_eff * (w_q - layer.weight)
+        )
+        other = layer.norm(x)  # the wrong order: norm first, then the transform
+        other = hadamard_transform(other, layer.block_size)
+        wrong = nn.functional.linear(
+            other + lam_eff * (activation_quantize(other, 8) - other),
+            layer.weight + lam_eff * (w_q - layer.weight),
+        )
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
+    assert (y - wrong).abs().max() > 1e-2
+
+
+def test_deployed_hbitlinear_keeps_the_order() -> None:
+    torch.manual_seed(2)
+    layer = HBitLinear(64, 16, input_norm=True).eval()
+    with torch.no_grad():
+        layer.norm.weight.copy_(torch.linspace(3.0, 0.2, 64))
+    x = _outlier_input(3)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.to_deployed()(x), layer(x), atol=1e-5, rtol=0)
+
+
+def test_hbitlinear_with_norm_trains_through_the_fused_path() -> None:
+    # lam = 1 runs the fused node with the norm in front: gradients still reach x, W and the gain
+    layer = HBitLinear(64, 16, input_norm=True).train()
+    x = _outlier_input(4).requires_grad_(True)
+    layer(x).square().sum().backward()
+    assert layer.norm is not None and layer.norm.weight.grad is not None
+    assert x.grad is not None and layer.weight.grad is not None
+    assert all(bool(t.abs().sum() > 0) for t in (x.grad, layer.weight.grad, layer.norm.weight.grad))

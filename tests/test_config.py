@@ -15,6 +15,7 @@ def test_defaults_round_trip_through_flat_keys() -> None:
     assert {"train.steps", "quant.scheme", "loss.lambda_q", "growth.improve_thresh"} <= set(flat)
     assert {key.split(".")[0] for key in flat} == {
         "task", "data", "model", "quant", "schedule", "loss", "growth", "train",
+        "telemetry", "diffusion", "distill", "export",
     }  # fmt: skip
     assert RunConfig.from_flat(flat) == cfg
 

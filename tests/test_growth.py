@@ -1,14 +1,30 @@
-"""Progressive growth: function preservation (full precision and quantized), optimizer, LR rule."""
+"""Progressive growth: function preservation, optimizer, and seed 004's rules in the loop.
+
+Warm-up, freeze window, final plateau and growth events reaching MLflow.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from trainables.config import RunConfig
+from trainables.growth_control import GrowthState, grow_model
+from trainables.growth_events import (
+    EVENT_METRICS,
+    EVENTS_ARTIFACT,
+    GROWTH_KINDS,
+    events_from_history,
+)
+from trainables.growth_freeze import FreezeWindow
+from trainables.loop import learning_rate, train
 from trainables.models import (
     ByteLM,
     ByteLMConfig,
@@ -20,7 +36,10 @@ from trainables.models import (
     move_optimizer_to_grown,
     warmup_factor,
 )
+from trainables.objective import reported_terms
+from trainables.parallel import STATE_FILE
 from trainables.quant import QuantLayer, prepare, quant_recipe, set_quant_lambda
+from trainables.reporting import ListReporter
 
 BASE = {"d_model": 32, "n_layers": 2, "n_heads": 2, "seq_len": 16}
 VARIANTS = [
@@ -290,3 +309,268 @@ def test_learning_rate_rule_and_warmup() -> None:
         sched.step()
     target = 0.1 / math.sqrt(2)
     assert lrs == pytest.approx([target * f for f in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)])
+
+
+# --- seed 004's rules in the training loop: warm-up, freeze, final plateau, events ------------
+
+TINY_LM = {
+    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16},
+    "data": {"eval_batches": 1},
+    "train": {"batch_size": 4, "lr": 3e-3, "weight_decay": 0.1, "threads": 1},
+}
+ALWAYS = {"enabled": True, "improve_thresh": 100.0, "window": 1}  # grows at every 2nd evaluation
+
+
+def _growth_cfg(steps: int, eval_every: int, **growth: object) -> RunConfig:
+    data = {k: dict(v) for k, v in TINY_LM.items()}
+    data["train"].update({"steps": steps, "eval_every": eval_every})
+    data["growth"] = {**ALWAYS, **growth}
+    return RunConfig.from_dict(data)
+
+
+def _state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def test_seed_004_defaults_and_the_100_step_warm_up() -> None:
+    growth = RunConfig().growth
+    assert (growth.lr_warmup_steps, growth.freeze_steps, growth.final_plateau_frac) == (100, 5, 0.2)
+    cfg = RunConfig.from_dict({"train": {"lr": 1e-3}, "schedule": {"lr_schedule": "constant"}})
+    state = GrowthState(lr_scale=1 / math.sqrt(2), warmup_start=200)
+    peak = 1e-3 / math.sqrt(2)
+    assert learning_rate(cfg, 200, state) == pytest.approx(peak / 100)
+    assert learning_rate(cfg, 249, state) == pytest.approx(peak / 2)
+    assert learning_rate(cfg, 299, state) == pytest.approx(peak)
+    assert learning_rate(cfg, 400, state) == pytest.approx(peak)
+
+
+@pytest.mark.parametrize("kind", ["depth", "width"])
+def test_freeze_keeps_old_weights_bit_identical_for_five_batches(kind: str, tmp_path: Path) -> None:
+    """The real loop, AdamW with weight decay; checkpoints at the growth, 5 and 10 steps on."""
+    cfg = _growth_cfg(40, 5, strategy=[kind], max_growths=1)
+    reporter = ListReporter(tmp_path)
+    train(cfg, reporter=reporter)
+    at = {int(p.name.split("_")[1]): _state(p) for p in reporter.checkpoints}
+    (event,) = at[40]["growth"]["events"]
+    assert event["step"] == 10 and event["freeze_steps"] == 5
+    frozen = at[10]["growth"]["frozen"]
+    assert at[10]["growth"]["freeze_left"] == 5 and at[15]["growth"]["freeze_left"] == 0
+    grown, after, later = at[10]["model"], at[15]["model"], at[20]["model"]
+    old_moved = new_moved = 0
+    for name, value in grown.items():
+        if name not in frozen and not name.endswith("weight") and not name.endswith("bias"):
+            continue  # buffers
+        box = tuple(slice(0, n) for n in frozen.get(name, [0] * value.dim()))
+        if name in frozen:
+            assert torch.equal(after[name][box], value[box]), f"{name}: frozen part moved"
+            old_moved += not torch.equal(later[name][box], value[box])
+        rest = torch.ones_like(value, dtype=torch.bool)
+        rest[box] = False
+        if rest.any():
+            new_moved += not torch.equal(after[name][rest], value[rest])
+    assert new_moved > 0 and old_moved > 0
+    if kind == "depth":  # the new block (index 1) is wholly new, the old one wholly frozen
+        assert not any(n.startswith("blocks.1.") for n in frozen)
+        assert all(
+            frozen[n] == list(v.shape) for n, v in grown.items() if n.startswith("blocks.0.")
+        )
+    else:  # every tensor is partly new: its pre-existing part is the leading block
+        assert frozen["embed.weight"] == [256, 16] and list(grown["embed.weight"].shape) == [
+            256,
+            32,
+        ]
+        assert new_moved >= 0.9 * len(frozen)
+
+
+def test_freeze_keeps_adam_state_of_whole_old_parameters() -> None:
+    """Frozen whole parameters are skipped by the optimizer: their moments and step stay put."""
+    cfg = _growth_cfg(40, 5, strategy=["depth"])
+    model = ByteLM(ByteLMConfig(**{**BASE, "n_layers": 1}))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    _train_steps(model, opt)
+    state = GrowthState(history=[1.0])
+    grown, new_opt = grow_model(model, opt, state, cfg, step=2)
+    old = grown.blocks[0].attn.q_proj.weight
+    before = {k: v.clone() for k, v in new_opt.state[old].items()}
+    _train_steps(grown, new_opt, steps=5)
+    assert all(torch.equal(new_opt.state[old][k], v) for k, v in before.items())
+    assert state.freeze_left == 0 and state.frozen == {}
+    _train_steps(grown, new_opt, steps=1)
+    assert int(new_opt.state[old]["step"]) == int(before["step"]) + 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    old=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+    grow=st.lists(st.integers(0, 2), min_size=3, max_size=3),
+    steps=st.integers(1, 4),
+    optimizer=st.sampled_from(["adamw", "sgd"]),
+)
+def test_freeze_window_property(
+    old: list[int], grow: list[int], steps: int, optimizer: str
+) -> None:
+    """Any leading block, any optimizer with decay: frozen for ``steps`` steps, then free."""
+    new = [o + g for o, g in zip(old, grow, strict=False)]
+    param = nn.Parameter(torch.randn(*new))
+    holder = nn.Module()
+    holder.w = param
+    opt = (
+        torch.optim.AdamW([param], lr=0.1, weight_decay=0.5)
+        if optimizer == "adamw"
+        else torch.optim.SGD([param], lr=0.1, momentum=0.9, weight_decay=0.5)
+    )
+    box = tuple(slice(0, n) for n in old)
+    start = param.detach().clone()
+    window = FreezeWindow(holder, opt, {"w": old}, steps)
+    for _ in range(steps):
+        opt.zero_grad()
+        (param**2).sum().backward()
+        opt.step()
+    assert torch.equal(param.detach()[box], start[box])
+    rest = torch.ones_like(start, dtype=torch.bool)
+    rest[box] = False
+    assert torch.all(param.detach()[rest] != start[rest])
+    assert not window.active
+    opt.zero_grad()
+    (param**2).sum().backward()
+    opt.step()
+    assert torch.all(param.detach()[box] != start[box])
+
+
+def test_resume_inside_a_freeze_window_is_exact(tmp_path: Path) -> None:
+    cfg = _growth_cfg(18, 3, strategy=["width"], max_growths=1)  # grows at 6, frozen 6..11
+    full = train(cfg)
+    first = ListReporter(tmp_path)
+    train(cfg, reporter=first, stop_after=9)
+    assert _state(first.checkpoints[-1])["growth"]["freeze_left"] == 2
+    resumed = train(cfg, resume_from=first.checkpoints[-1])
+    assert resumed.step == full.step == 18
+    for key, value in full.metrics.items():
+        if not key.startswith("perf/"):
+            assert resumed.metrics[key] == value, key
+    other = resumed.model.state_dict()
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, other[name]), name
+
+
+@pytest.mark.parametrize(("frac", "last_growth_before"), [(0.5, 10), (0.2, 16), (0.0, 20)])
+def test_no_growth_in_the_final_plateau(frac: float, last_growth_before: int) -> None:
+    cfg = _growth_cfg(20, 2, strategy=["depth"], max_growths=16, final_plateau_frac=frac)
+    reporter = ListReporter()
+    train(cfg, reporter=reporter)
+    steps = [int(m["step"]) for m in reporter.metrics if "growth/params" in m]
+    assert steps and max(steps) < last_growth_before
+    assert max(steps) >= last_growth_before - 4  # it kept growing right up to the plateau
+    plateau = [m for m in reporter.metrics if m["step"] >= last_growth_before]
+    assert len({m["growth/stage"] for m in plateau}) == 1
+
+
+def test_growth_events_are_reported_with_sizes_and_lr() -> None:
+    cfg = _growth_cfg(40, 5, strategy=["depth", "width", "context"], max_growths=3)
+    reporter = ListReporter()
+    result = train(cfg, reporter=reporter)
+    grown = [m for m in reporter.metrics if "growth/params" in m]
+    assert [int(m["step"]) for m in grown] == [10, 20, 30]
+    assert [GROWTH_KINDS[int(m["growth/kind"])] for m in grown] == ["depth", "width", "context"]
+    depth, width, context = grown
+    assert (depth["growth/n_layers_before"], depth["growth/n_layers"]) == (1, 2)
+    assert (width["growth/d_model_before"], width["growth/d_model"]) == (16, 32)
+    assert (context["growth/seq_len_before"], context["growth/seq_len"]) == (16, 32)
+    assert depth["growth/params_before"] == reporter.metrics[0]["model/params"]
+    assert width["growth/params_before"] == depth["growth/params"] < width["growth/params"]
+    assert context["growth/params"] == width["growth/params"]  # RoPE: no new weights
+    assert (depth["growth/freeze_steps"], context["growth/freeze_steps"]) == (5, 0)
+    for m in grown:
+        assert m["growth/lr"] == pytest.approx(m["growth/lr_before"] / math.sqrt(2))
+    assert context["growth/lr"] == pytest.approx(3e-3 / 2**1.5)
+    assert not any(k in m for m in reporter.metrics if m not in grown for k in EVENT_METRICS)
+    assert reported_terms(cfg) >= EVENT_METRICS
+    # the metrics decode back to the events the loop kept
+    history = {n: {int(m["step"]): m[n] for m in grown if n in m} for n in EVENT_METRICS}
+    decoded = events_from_history(history)
+    assert [e["kind"] for e in decoded] == ["depth", "width", "context"]
+    assert decoded[1]["old"] == {"params": int(depth["growth/params"]), "n_layers": 2,
+                                 "d_model": 16, "seq_len": 16}  # fmt: skip
+    assert result.architecture.config["seq_len"] == 32
+
+
+def test_growth_events_reach_the_mlflow_run(tmp_path: Path) -> None:
+    """The driver-side tracker turns a real run's reports into growth_events.json and metrics."""
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking import SweepTracker
+
+    cfg = _growth_cfg(30, 5, strategy=["depth", "width"], max_growths=2)
+    reporter = ListReporter()
+    train(cfg, reporter=reporter)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker("growth-events", tracking_uri=uri, objectives=[("val/loss", "min")])
+    tracker.start()
+    run_id = tracker.trial_started("t0", {"train.steps": 30})
+    for metrics in reporter.metrics:
+        tracker.log_result("t0", {**metrics, "training_iteration": 1, "done": False})
+    tracker.trial_finished("t0")
+    _assert_growth_events(MlflowClient(uri), run_id, [(10, "depth"), (20, "width")])
+
+
+def _assert_growth_events(client: object, run_id: str, expected: list[tuple[int, str]]) -> None:
+    import json
+
+    local = client.download_artifacts(run_id, EVENTS_ARTIFACT)  # type: ignore[attr-defined]
+    events = json.loads(Path(local).read_text())
+    assert [(e["step"], e["kind"]) for e in events] == expected
+    for event in events:
+        assert set(event) >= {"step", "kind", "old", "new", "lr", "lr_before"}
+        assert (
+            set(event["old"]) == set(event["new"]) == {"params", "n_layers", "d_model", "seq_len"}
+        )
+        assert event["new"]["params"] > event["old"]["params"]
+        assert event["lr"] == pytest.approx(event["lr_before"] / math.sqrt(2))
+    history = client.get_metric_history(run_id, "growth/params")  # type: ignore[attr-defined]
+    assert sorted(m.step for m in history) == [s for s, _ in expected]
+
+
+@pytest.mark.slow
+def test_scaleup_sweep_logs_growth_events(
+    mlflow_server: str, ray_session: object, tmp_path: Path
+) -> None:
+    """The scaleup preset through the real runner: each trial's run holds its growth events."""
+    from mlflow import MlflowClient
+
+    from orchestrator.runner import run_sweep
+    from orchestrator.spec import load_sweep
+
+    overrides = [
+        "model.d_model=16", "model.seq_len=16", "train.batch_size=4", "data.eval_batches=1",
+        "train.steps=24", "train.eval_every=4", "search.num_samples=1",
+        "search.space.growth.improve_thresh.low=50", "search.space.growth.improve_thresh.high=100",
+        "search.space.growth.window=null", "growth.window=1",
+        "search.space.growth.strategy=null", "growth.strategy=depth,width",
+        f"tracking.uri={mlflow_server}", "tracking.experiment=growth-events",
+        f"storage.path={tmp_path}",
+    ]  # fmt: skip
+    outcome = run_sweep(load_sweep("scaleup", overrides), stream=None)
+    assert outcome.failed == 0 and len(outcome.trials) == 1
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("growth-events")
+    (child,) = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("bitsweep.role") == "trial"
+    ]
+    _assert_growth_events(client, child.info.run_id, [(8, "depth"), (16, "width")])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("growth.final_plateau_frac", 1.0),
+        ("growth.freeze_steps", -1),
+        ("growth.lr_warmup_steps", -5),
+    ],
+)
+def test_seed_004_keys_are_validated(key: str, value: float) -> None:
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        RunConfig().with_overrides({key: value})

@@ -48,3 +48,60 @@ def test_block_size_rules() -> None:
         hadamard_block_size(100)  # largest power-of-two divisor is 4
     with pytest.raises(ValueError, match="power of two"):
         hadamard_block_size(64, max_block=48)
+
+
+# ---------------------------------------------------------------- H-BitLinear placement
+def _byte_lm(**quant: object) -> torch.nn.Module:
+    """A byte LM built from a run config, as a trial builds it (``quant.*`` keys)."""
+    from trainables.build import build_model, initial_architecture
+    from trainables.config import RunConfig
+
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "ffn": "gated_sqrelu"},
+            "quant": {"scheme": "hadamard", **quant},
+        }
+    )
+    return build_model(cfg, initial_architecture(cfg, None))  # type: ignore[arg-type]
+
+
+def _kinds(model: torch.nn.Module) -> dict[str, str]:
+    from trainables.quant import BitLinear, HBitLinear
+
+    return {
+        name: "H" if isinstance(m, HBitLinear) else "B"
+        for name, m in model.named_modules()
+        if isinstance(m, BitLinear)
+    }
+
+
+def test_default_placement_is_bitnet_v2s_o_proj_and_down_proj() -> None:
+    """BitNet v2 (arXiv 2504.18415): H-BitLinear on the attention output and FFN down
+    projections, where the inputs have outliers; every other projection is plain BitLinear."""
+    kinds = _kinds(_byte_lm())
+    per_block = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert len(kinds) == 2 * len(per_block)
+    for name, kind in kinds.items():
+        expected = "H" if name.endswith((".o_proj", ".down_proj")) else "B"
+        assert kind == expected, name
+    assert sum(k == "H" for k in kinds.values()) == 4
+
+
+def test_all_keeps_hadamard_on_every_projection() -> None:
+    kinds = _kinds(_byte_lm(hadamard_layers="all"))
+    assert len(kinds) == 14 and set(kinds.values()) == {"H"}
+
+
+def test_placement_by_name_or_glob() -> None:
+    kinds = _kinds(_byte_lm(hadamard_layers="down_proj, blocks.0.attn.q_proj"))
+    chosen = {n for n, k in kinds.items() if k == "H"}
+    assert chosen == {"blocks.0.ffn.down_proj", "blocks.1.ffn.down_proj", "blocks.0.attn.q_proj"}
+
+
+def test_a_placement_that_selects_nothing_names_the_key() -> None:
+    from trainables.quant import prepare
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+    with pytest.raises(ValueError, match=r"quant\.hadamard_layers.*'all'"):
+        prepare(mlp, "hadamard")
+    assert isinstance(prepare(mlp, "hadamard", hadamard_layers="all")[0], torch.nn.Module)

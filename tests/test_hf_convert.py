@@ -141,3 +141,22 @@ def test_adapter_returns_model_output() -> None:
     assert (
         out.task_loss is not None and 4.0 < float(out.task_loss.detach()) < 6.0
     )  # ~ln(128) = 4.85
+
+
+def test_build_hf_lm_rebuilds_the_same_converted_model(tmp_path: Path) -> None:
+    """A checkpoint stores HFLMConfig; rebuilding from it gives the same model (norms included)."""
+    from trainables.models.hf_lm import HFLMConfig, build_hf_lm
+
+    _tiny_llama().save_pretrained(tmp_path / "tiny")
+    config = HFLMConfig(str(tmp_path / "tiny"), seq_len=16, rmsnorm_post_attn=True)
+    first = build_hf_lm(config, "ternary", act_bits=8)
+    second = build_hf_lm(first.config.to_dict(), "ternary", act_bits=8)
+    assert first.config == second.config and first.config.vocab_size == 128
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert "model.model.layers.1.post_attn_norm.weight" in first.state_dict()
+    ids = torch.randint(0, 128, (1, 8))
+    out = first.eval()(ids, ids.roll(-1, 1))
+    assert out.logits.shape == (1, 8, 128) and torch.isfinite(out.task_loss)

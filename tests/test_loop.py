@@ -67,7 +67,13 @@ VISION_TERMS = [
     ({"quant": {"scheme": "lsq", "weight_bits": 2, "act_bits": 2}}, set()),
     (LSQ_BR, {"loss/br_w", "loss/br_a"}),
     ({**LSQ_BR, "loss": {**LSQ_BR["loss"], "lambda_br_act": 0.0}}, {"loss/br_w"}),
-    ({"quant": {"scheme": "adaptive"}, "loss": {"bit_loss_weight": 1e-3}}, {"loss/bits"}),
+    (
+        {
+            "quant": {"scheme": "adaptive"},
+            "loss": {"fn": "bit_balanced_ce", "bit_loss_weight": 1e-3},
+        },
+        {"loss/bits"},
+    ),
 ]
 
 
@@ -98,7 +104,8 @@ def test_br_stage_freezes_step_sizes_and_prints_the_banner(capsys: pytest.Captur
 def test_bit_penalty_lowers_total_bits() -> None:
     reporter = ListReporter()
     cfg = _cfg(DIGITS, train={"steps": 120, "eval_every": 40, "lr": 0.01},
-               quant={"scheme": "adaptive"}, loss={"bit_loss_weight": 1.0})  # fmt: skip
+               quant={"scheme": "adaptive"},
+               loss={"fn": "bit_balanced_ce", "bit_loss_weight": 1.0})  # fmt: skip
     train(cfg, reporter=reporter)
     assert reporter.last["model/bits_total"] < reporter.metrics[0]["model/bits_total"]
     widths = {k: v for k, v in reporter.last.items() if k.startswith("bits/")}

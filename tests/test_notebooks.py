@@ -17,7 +17,10 @@ from test_sweeps import TINY
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPERIMENT = "notebooks"
 ENV_VARS = ("BITSWEEP_TRACKING_URI", "BITSWEEP_SWEEP", "BITSWEEP_EXPERIMENT", "BITSWEEP_FIGURES")
-ALLOWED_IMPORTS = {"os", "pathlib", "orchestrator", "orchestrator.results", "orchestrator.plots"}
+ALLOWED_IMPORTS = {
+    "os", "pathlib", "orchestrator", "orchestrator.results", "orchestrator.plots",
+    "orchestrator.front_compare",
+}  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # The tiny sweeps the notebooks run against (the presets' names are the sweep names).
@@ -35,10 +38,10 @@ SWEEPS: dict[str, list[str]] = {
 # (notebook, sweep, the figures it must write)
 RUNS = [
     ("analysis.ipynb", "demo", {"learning_curves.png", "ablation_scheme.png"}),
-    ("analysis.ipynb", "bit-budget", {"pareto.png", "ablation_bits_by_normalize.png",
+    ("analysis.ipynb", "bit-budget", {"pareto.png", "ablation_bits_by_input_quant.png",
                                       "learning_curves.png", "bit_widths.png"}),
     ("br_ablation.ipynb", "br-ablation", {"br_matrix.png", "br_by_seed.png", "br_curves.png"}),
-    ("bit_budget.ipynb", "bit-budget", {"bit_budget_pareto.png", "bits_by_normalize.png",
+    ("bit_budget.ipynb", "bit-budget", {"bit_budget_pareto.png", "bits_by_input_quant.png",
                                         "bit_widths_front.png", "bit_widths_all.png",
                                         "bit_widths_curves.png"}),
     ("early_exit.ipynb", "early-exit", {"exit_pareto.png", "exit_layers.png", "exit_curves.png"}),

@@ -146,10 +146,10 @@ def ref_bitlinear_forward(
 ) -> Tensor:
     """BitLinear / HBitLinear from the formulas (the Hadamard transform is the library's, which
     :func:`test_hadamard_transform_matches_float64_dense` checks on its own)."""
+    if isinstance(layer, HBitLinear):  # seed 001: Hadamard, then the norm, then quantization
+        x = hadamard_transform(x, layer.block_size)
     if layer.norm is not None:
         x = layer.norm(x)
-    if isinstance(layer, HBitLinear):
-        x = hadamard_transform(x, layer.block_size)
     if lam == 0.0:
         return F.linear(x, layer.weight, layer.bias)
     w = ref_blend(layer.weight, ref_ternary(layer.weight, layer.eps), lam)
@@ -252,6 +252,9 @@ def test_bitlinear_matches_reference(
 ) -> None:
     torch.manual_seed(0)
     layer = cls(64, 48, act_bits=act_bits, input_norm=act_bits == 4).train()
+    if layer.norm is not None:  # a non-uniform gain: the order of transform and norm shows
+        with torch.no_grad():
+            layer.norm.weight.uniform_(0.5, 2.0)
     layer.set_quant_lambda(lam)
     ref = copy.deepcopy(layer)
     x, g = data(64, 48)

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from torch import nn
 
-from trainables.quant import LambdaSchedule, apply_lambda_schedule, prepare, quant_layers
+from trainables.quant import (
+    AdaptiveBitLinear,
+    BitLinear,
+    HBitLinear,
+    LambdaSchedule,
+    LSQLinear,
+    apply_lambda_schedule,
+    prepare,
+    quant_layers,
+)
 
 KINDS = ["linear", "exponential", "sigmoid"]
 
@@ -66,3 +75,59 @@ def test_apply_sets_every_layer() -> None:
 def test_invalid_schedules(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LambdaSchedule(**kwargs)
+
+
+def _mixed() -> nn.Sequential:
+    """One layer of each quantized kind: ternary, H-BitLinear, LSQ, learned bit-width."""
+    return nn.Sequential(
+        BitLinear(8, 8), HBitLinear(8, 8), LSQLinear(8, 8, weight_bits=2, act_bits=2),
+        AdaptiveBitLinear(8, 8),
+    )  # fmt: skip
+
+
+SCOPES = [
+    ((), {"ternary": 0.25, "hadamard": 0.25, "lsq": 1.0, "adaptive": 1.0}),  # the default
+    (("all",), {"ternary": 0.25, "hadamard": 0.25, "lsq": 0.25, "adaptive": 0.25}),
+    (("lsq", "adaptive"), {"ternary": 1.0, "hadamard": 1.0, "lsq": 0.25, "adaptive": 0.25}),
+]
+
+
+@pytest.mark.parametrize(("scope", "expected"), SCOPES)
+def test_the_blend_reaches_only_the_schemes_in_scope(scope: tuple, expected: dict) -> None:
+    """The lam blend is a BitNet device: by default LSQ (seed 002's stage 1 is pure LSQ) and
+    learned bit-widths (seed 000) quantize fully from the first step."""
+    model = _mixed()
+    kwargs = {"applies_to": scope} if scope else {}
+    lam = apply_lambda_schedule(model, LambdaSchedule(warmup_frac=0.4), 10, 100, **kwargs)
+    assert lam == pytest.approx(0.25)
+    got = {layer.scheme_name: layer.quant_lambda for layer in quant_layers(model)}
+    assert got == pytest.approx(expected)
+    assert all(layer.eval_lambda == 1.0 for layer in quant_layers(model))
+
+
+def test_a_model_outside_the_scope_reports_lambda_one() -> None:
+    model = prepare(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), "lsq")
+    assert apply_lambda_schedule(model, LambdaSchedule(), 0, 100) == 1.0
+    assert all(layer.quant_lambda == 1.0 for layer in quant_layers(model))
+    assert apply_lambda_schedule(nn.Linear(2, 2), LambdaSchedule(), 0, 100) == 0.0  # nothing
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("all", ("all",)), ("lsq, ternary", ("lsq", "ternary")), (["adaptive"], ("adaptive",))],
+)
+def test_config_scope(value: object, expected: tuple) -> None:
+    from trainables.config import RunConfig
+
+    assert RunConfig().schedule.applies_to == ("ternary", "hadamard")
+    cfg = RunConfig.from_dict({"schedule": {"applies_to": value}})
+    assert cfg.schedule.applies_to == expected
+
+
+def test_config_scope_names_the_key() -> None:
+    from trainables.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"schedule": {"applies_to": "ternery"}})
+    assert info.value.problems[0][0] == "schedule.applies_to"
+    assert "ternery" in info.value.problems[0][1]

@@ -29,6 +29,8 @@ from trainables.quant import (
 )
 
 SCHEMES = available_schemes()
+# the hadamard scheme on a model without o_proj / down_proj: H-BitLinear everywhere
+OPTIONS: dict[str, dict[str, object]] = {"hadamard": {"hadamard_layers": "all"}}
 
 
 def _mlp() -> nn.Sequential:
@@ -44,7 +46,7 @@ def test_the_known_schemes_are_registered() -> None:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_train_mode_forward_backward_gives_finite_gradients(scheme: str) -> None:
-    model = prepare(_mlp(), scheme).train()
+    model = prepare(_mlp(), scheme, **OPTIONS.get(scheme, {})).train()
     out = model(torch.randn(8, 16))
     assert out.shape == (8, 8) and torch.isfinite(out).all()
     nn.functional.cross_entropy(out, torch.randint(0, 8, (8,))).backward()
@@ -59,7 +61,7 @@ def test_train_mode_forward_backward_gives_finite_gradients(scheme: str) -> None
 @given(seed=st.integers(0, 2**16), batch=st.integers(1, 5))
 def test_convert_equals_fake_quantized_evaluation(scheme: str, seed: int, batch: int) -> None:
     torch.manual_seed(seed)
-    model = prepare(_mlp(), scheme).train()
+    model = prepare(_mlp(), scheme, **OPTIONS.get(scheme, {})).train()
     model(torch.randn(16, 16))  # a training batch (initializes data-dependent state, e.g. LSQ)
     model.eval()
     x = torch.randn(batch, 16)
@@ -73,7 +75,7 @@ def test_convert_equals_fake_quantized_evaluation(scheme: str, seed: int, batch:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_lambda_zero_is_the_float_model(scheme: str) -> None:
     reference = _mlp()
-    model = prepare(copy.deepcopy(reference), scheme)
+    model = prepare(copy.deepcopy(reference), scheme, **OPTIONS.get(scheme, {}))
     set_quant_lambda(model, 0.0, eval_lambda=None)
     x = torch.randn(6, 16)
     for mode in (True, False):
@@ -85,7 +87,7 @@ def test_lambda_zero_is_the_float_model(scheme: str) -> None:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_dequantize_gives_plain_layers_back(scheme: str) -> None:
     reference = _mlp()
-    model = prepare(copy.deepcopy(reference), scheme)
+    model = prepare(copy.deepcopy(reference), scheme, **OPTIONS.get(scheme, {}))
     model(torch.randn(4, 16))
     dequantize(model)
     assert not any(isinstance(m, QuantLayer) for m in model.modules())
@@ -105,7 +107,7 @@ def test_unknown_options_are_refused_by_name(scheme: str) -> None:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_recipe_quantizes_new_layers_alike(scheme: str) -> None:
-    model = prepare(_mlp(), scheme)
+    model = prepare(_mlp(), scheme, **OPTIONS.get(scheme, {}))
     recipe = quant_recipe(model)
     assert recipe is not None and recipe.scheme == scheme
     block = apply_recipe(nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32)), recipe)
@@ -116,7 +118,7 @@ def test_recipe_quantizes_new_layers_alike(scheme: str) -> None:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quantization_error_recorded_in_forward_equals_the_recomputed_one(scheme: str) -> None:
-    model = prepare(_mlp(), scheme)
+    model = prepare(_mlp(), scheme, **OPTIONS.get(scheme, {}))
     record_quant_errors(model)
     model(torch.randn(4, 16))
     recomputed = quantization_mse(model)

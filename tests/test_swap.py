@@ -25,6 +25,7 @@ from trainables.quant import (
 )
 
 TERNARY_SCHEMES = ["ternary", "hadamard"]
+ALL: dict[str, dict[str, object]] = {"hadamard": {"hadamard_layers": "all"}}  # no o_proj here
 
 
 class TinyNet(nn.Module):
@@ -54,7 +55,7 @@ def test_unknown_option_is_named() -> None:
 
 @pytest.mark.parametrize(("scheme", "cls"), [("ternary", BitLinear), ("hadamard", HBitLinear)])
 def test_prepare_keeps_embedding_and_head(scheme: str, cls: type) -> None:
-    model = prepare(TinyNet(), scheme)
+    model = prepare(TinyNet(), scheme, **ALL.get(scheme, {}))
     assert isinstance(model.embed, nn.Embedding)
     assert type(model.head) is nn.Linear
     assert all(isinstance(model.body[i], cls) for i in (0, 2))
@@ -87,7 +88,7 @@ def test_prepare_is_idempotent_on_quantized_layers() -> None:
 @given(seed=st.integers(0, 2**16), batch=st.integers(1, 4))
 def test_convert_matches_fake_quantization(scheme: str, seed: int, batch: int) -> None:
     torch.manual_seed(seed)
-    model = prepare(TinyNet(), scheme).eval()
+    model = prepare(TinyNet(), scheme, **ALL.get(scheme, {})).eval()
     idx = torch.randint(0, 10, (batch, 6))
     fake = model(idx)
     deployed = convert(copy.deepcopy(model))
@@ -113,7 +114,7 @@ def test_converted_model_holds_less_memory() -> None:
 
 
 def test_dequantize_and_apply_recipe_round_trip() -> None:
-    model = prepare(TinyNet(), "hadamard", act_bits=4)
+    model = prepare(TinyNet(), "hadamard", act_bits=4, hadamard_layers="all")
     weights = model.body[0].to_linear().weight.detach().clone()
     dequantize(model)
     assert type(model.body[0]) is nn.Linear
@@ -131,7 +132,7 @@ def test_bare_linear_is_replaced() -> None:
 def test_hadamard_error_names_the_layer() -> None:
     model = nn.Sequential(nn.Linear(12, 16), nn.Linear(16, 4))
     with pytest.raises(ValueError, match=r"layer '0'.*in_features=12"):
-        prepare(model, "hadamard")
+        prepare(model, "hadamard", hadamard_layers="all")
 
 
 def test_scheme_options_validated() -> None:

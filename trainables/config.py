@@ -56,12 +56,20 @@ class DataConfig(Section):
     val_frac: float = Field(0.1, gt=0.0, lt=0.5)
     max_bytes: int | None = Field(None, ge=4096)
     eval_batches: int = Field(4, ge=1, le=1000)
+    # model.arch hf_causal_lm: ``source: selfgen`` makes the base model write its training set
+    # (seed 003; into ``path`` if set, else the trial's folder); ``tokenizer: bytes`` ignores the
+    # model directory's tokenizer
+    selfgen_num: int = Field(100, ge=2, le=100_000)
+    max_new_tokens: int = Field(512, ge=1, le=8192)
+    selfgen_seed: int | None = Field(None, ge=0)  # None: train.seed
+    tokenizer: Literal["auto", "bytes"] = "auto"
 
 
 class ModelConfig(Section):
     """The architecture. Byte LM fields follow ``trainables.models.ByteLMConfig``."""
 
-    arch: Literal["byte_lm", "conv", "mlp"] = "byte_lm"
+    arch: Literal["byte_lm", "bit_lm", "hf_causal_lm", "conv", "mlp"] = "byte_lm"
+    hf_path: str | None = None  # hf_causal_lm: a local Hugging Face model directory
     d_model: int = Field(64, ge=8)
     n_layers: int = Field(2, ge=1, le=256)
     n_heads: int = Field(4, ge=1)
@@ -74,6 +82,12 @@ class ModelConfig(Section):
     grad_checkpointing: bool = False
     early_exit: bool = False
     exit_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # early exit (seed 001): per-token or per-sequence inference, what the task loss scores in
+    # training (the realized sampled exit, the expected loss, or the last layer only), gate dropout
+    exit_mode: Literal["token", "sequence"] = "token"
+    exit_aggregate: Literal["mean", "all", "last"] = "mean"
+    exit_task_loss: Literal["sampled", "expected", "final"] = "sampled"
+    gate_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     exit_loss_weighting: Literal["layerskip", "linear", "uniform"] = "layerskip"
     exit_curriculum: Literal["none", "rotational", "gradual"] = "none"
     exit_rotation: int = Field(2, ge=1)
@@ -82,6 +96,14 @@ class ModelConfig(Section):
     layer_dropout_schedule: Literal["quadratic", "exponential", "uniform"] = "quadratic"
     widths: tuple[int, ...] = Field((16, 32), min_length=1)  # conv: channels of each stage
     hidden: tuple[int, ...] = Field((128,), min_length=0)  # mlp: hidden layer widths
+    # bit_lm only (trainables.models.BitLMConfig; seq_len counts bits, a multiple of 9)
+    causal: bool = True
+    reversible: bool = False
+    act: bool = False
+    act_eps: float = Field(0.01, gt=0.0, lt=1.0)
+    attn_chunk: int | None = Field(None, ge=1)
+    full_attn_logging: bool = False
+    byte_phase: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -91,6 +113,8 @@ class ModelConfig(Section):
             raise ValueError(
                 f"n_heads={self.n_heads} must divide d_model={self.d_model} into even head sizes"
             )
+        if self.arch == "bit_lm" and self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         return self
 
 
@@ -108,6 +132,38 @@ class QuantConfig(Section):
     init_bits: float = Field(8.0, ge=2.0, le=8.0)
     min_bits: int = Field(2, ge=2, le=8)
     max_bits: int = Field(8, ge=2, le=8)
+    quantize_input: bool = False  # adaptive: also quantize each layer's input at its bit-width
+    # adaptive: Adam learning rate of the bit-width parameters (null: train.lr), see quant/optim.py
+    bit_lr: float | None = Field(0.05, gt=0.0, le=10.0)
+    # hadamard: which projections are H-BitLinear (BitNet v2: o_proj, down_proj); "all" = every
+    # one; a list, or a comma-separated string Optuna can search as one category
+    hadamard_layers: tuple[str, ...] = Field(("o_proj", "down_proj"), min_length=1)
+
+    # lsq: per-layer weight bits {layer name: bits} (mixed precision, searched with the
+    # `per_layer` distribution); stored as [name, bits] pairs so the flat config stays flat
+    layer_bits: tuple[tuple[str, int], ...] | None = None
+
+    @field_validator("layer_bits", mode="before")
+    @classmethod
+    def _layer_bits_pairs(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple((str(name), bits) for name, bits in value.items())
+        return value
+
+    @field_validator("layer_bits")
+    @classmethod
+    def _layer_bits_range(cls, value: Any) -> Any:
+        for name, bits in value or ():
+            if not 2 <= bits <= 8:
+                raise ValueError(f"layer {name!r}: bits must be in 2..8, got {bits}")
+        return value
+
+    @field_validator("hadamard_layers", mode="before")
+    @classmethod
+    def _split_layers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("scheme")
     @classmethod
@@ -132,6 +188,25 @@ class ScheduleConfig(Section):
     value: float = Field(1.0, ge=0.0, le=1.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_warmup_steps: int = Field(0, ge=0)
+    # which layers the lam blend reaches, by their scheme (a hadamard model's other projections
+    # are ternary layers); "all" for every quantized layer; a list or a comma-separated string
+    applies_to: tuple[str, ...] = Field(("ternary", "hadamard"), min_length=1)
+
+    @field_validator("applies_to", mode="before")
+    @classmethod
+    def _split_scope(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if not isinstance(value, list | tuple):
+            return value  # pydantic's type check names the key
+        valid = {"all", *available_schemes()}
+        unknown = [v for v in value if v not in valid]
+        if unknown:
+            raise ValueError(
+                f"unknown scheme(s) {', '.join(map(repr, unknown))}; use 'all' or scheme names "
+                f"from {', '.join(sorted(valid - {'all'}))}"
+            )
+        return value
 
 
 class LossConfig(Section):
@@ -139,6 +214,9 @@ class LossConfig(Section):
 
     lambda_q: float = Field(0.0, ge=0.0)
     lambda_r: float = Field(0.0, ge=0.0)
+    # the routing loss (compute cost) is off for this fraction of train.steps, so the exits learn
+    # to predict and the gates to tell easy tokens from hard ones before the cost pulls them early
+    route_warmup_frac: float = Field(0.0, ge=0.0, lt=1.0)
     target_exit_layer: float | None = Field(None, ge=1.0)
     lambda_exit: float = Field(0.0, ge=0.0)
     lambda_br: float = Field(0.0, ge=0.0)
@@ -146,8 +224,15 @@ class LossConfig(Section):
     br_backprop_to_alpha_act: bool = False
     br_warmup_frac: float = Field(0.3, ge=0.0, le=1.0)
     freeze_alpha: bool = False
+    # seed 000's --loss_fn: "bit_balanced_ce" adds bit_loss_weight x the model's bits
+    fn: Literal["ce", "bit_balanced_ce"] = "ce"
     bit_loss_weight: float = Field(0.0, ge=0.0)
-    bit_loss_normalize: bool = True
+    bit_loss_normalize: bool = False  # seed 000's default: raw bits (True: bits per parameter)
+    lambda_act: float = Field(0.0, ge=0.0)  # bit_lm ACT ponder cost (needs model.act)
+    # bit_lm telemetry regularizers (seed 004): weights of 1 - K, 1 - C~, 1 - S (0: not computed)
+    lambda_K: float = Field(0.0, ge=0.0)  # the seed's metric names
+    lambda_C: float = Field(0.0, ge=0.0)
+    lambda_S: float = Field(0.0, ge=0.0)
 
 
 class GrowthConfig(Section):
@@ -159,7 +244,12 @@ class GrowthConfig(Section):
     # a list, or a comma-separated string ("depth,width") that Optuna can search as one category
     strategy: tuple[GrowthStrategy, ...] = Field(("depth", "width", "context"), min_length=1)
     max_growths: int = Field(2, ge=0, le=16)
-    lr_warmup_steps: int = Field(20, ge=0)
+    # seed 004: after each growth the LR is divided by sqrt(2) and warmed up again over 100 steps
+    lr_warmup_steps: int = Field(100, ge=0)
+    # seed 004: the pre-existing weights stay frozen for 5 batches after each expansion (0: off)
+    freeze_steps: int = Field(5, ge=0)
+    # seed 004's final plateau: no growth in this last fraction of train.steps (0: grow to the end)
+    final_plateau_frac: float = Field(0.2, ge=0.0, lt=1.0)
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -181,6 +271,62 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1, le=1024)  # micro-batches per optimizer step (seed 003)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU autocast on CPU)
+
+
+class TelemetryConfig(Section):
+    """bit_lm safety telemetry (seed 004): gate floors, retries, metric drift.
+
+    A generation whose C or S breaks its floor is refused and sampled again up to ``retries``
+    times; a drift is a change of K, C or S above ``drift_thresh`` across ``drift_window``
+    evaluations, which stops the trial when ``halt_on_drift``.
+    """
+
+    floor_C: float = Field(0.3, ge=0.0, le=1.0)  # the seed's names
+    floor_S: float = Field(0.5, ge=0.0, le=1.0)
+    retries: int = Field(3, ge=0, le=10)
+    gen_bytes: int = Field(16, ge=2, le=4096)
+    gen_samples: int = Field(2, ge=1, le=64)
+    drift_window: int = Field(5, ge=2, le=1000)
+    drift_thresh: float = Field(0.2, gt=0.0, le=1.0)
+    halt_on_drift: bool = False
+
+
+class DiffusionConfig(Section):
+    """bit_lm diffusion mode (``model.causal: false``, seed 004): noise, schedule, sampler."""
+
+    noise: Literal["mask", "flip"] = "mask"
+    schedule: Literal["linear", "cosine", "exp"] = "linear"
+    steps: int = Field(8, ge=8, le=16)  # the seed's 8 to 16 denoising steps
+    curriculum: bool = False  # high -> low noise over training
+
+
+ExportFormat = Literal["hf-bitnet", "gguf-tq2", "gguf-tq1"]
+
+
+class ExportConfig(Section):
+    """Formats a trial's final ternary model is also written in (trainables/export): artifacts
+    ``export/<format>/`` of its MLflow run. ``hf-bitnet`` needs ``model.arch: hf_causal_lm``."""
+
+    formats: tuple[ExportFormat, ...] = ()
+
+
+class DistillConfig(Section):
+    """bit_lm distillation after training ("collapse", seed 004)."""
+
+    enabled: bool = False
+    k: int = Field(8, ge=1, le=256)  # representative sequences (k-means clusters)
+    candidates: int = Field(64, ge=1, le=4096)  # training windows clustered
+    d_model_scale: float = Field(0.5, gt=0.0, le=1.0)  # student width / teacher width
+    width_scale: float = Field(1.5, gt=1.0, le=4.0)  # the retry's wider student
+    steps: int = Field(50, ge=1, le=100000)
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> DistillConfig:
+        if self.k > self.candidates:
+            raise ValueError(f"k={self.k} must be <= candidates={self.candidates}")
+        return self
 
 
 class RunConfig(Section):
@@ -194,6 +340,10 @@ class RunConfig(Section):
     loss: LossConfig = LossConfig()
     growth: GrowthConfig = GrowthConfig()
     train: TrainConfig = TrainConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -231,9 +381,14 @@ class RunConfig(Section):
 
 def _cross_section_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:
     lm = cfg.task.kind == "lm"
-    if lm and cfg.model.arch != "byte_lm":
-        yield "model.arch", f"task.kind 'lm' needs arch 'byte_lm', got {cfg.model.arch!r}"
-    if not lm and cfg.model.arch == "byte_lm":
+    if lm and cfg.model.arch not in ("byte_lm", "bit_lm", "hf_causal_lm"):
+        yield (
+            "model.arch",
+            f"task.kind 'lm' needs arch 'byte_lm', 'bit_lm' or 'hf_causal_lm', "
+            f"got {cfg.model.arch!r}",
+        )
+    yield from _hf_problems(cfg)
+    if not lm and cfg.model.arch in ("byte_lm", "bit_lm"):
         yield "model.arch", "task.kind 'vision' needs arch 'conv' or 'mlp'"
     if not lm and cfg.data.source not in ("digits", "cifar10"):
         yield "data.source", f"vision data must be 'digits' or 'cifar10', got {cfg.data.source!r}"
@@ -255,12 +410,133 @@ def _cross_section_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:
         )
     if cfg.loss.freeze_alpha and cfg.quant.scheme != "lsq":
         yield "loss.freeze_alpha", "freezing step sizes needs quant.scheme 'lsq'"
-    if cfg.loss.bit_loss_weight > 0 and cfg.quant.scheme != "adaptive":
-        yield "loss.bit_loss_weight", "the bit penalty needs quant.scheme 'adaptive'"
+    if cfg.loss.fn == "bit_balanced_ce" and cfg.quant.scheme != "adaptive":
+        yield "loss.fn", "bit_balanced_ce needs quant.scheme 'adaptive' (learnable bit-widths)"
+    elif cfg.loss.bit_loss_weight > 0 and cfg.loss.fn != "bit_balanced_ce":
+        yield (
+            "loss.bit_loss_weight",
+            "the bit penalty is part of loss.fn 'bit_balanced_ce' (with quant.scheme "
+            "'adaptive'): set loss.fn: bit_balanced_ce",
+        )
+    if cfg.export.formats and cfg.quant.scheme not in ("ternary", "hadamard"):
+        yield "export.formats", f"exports ternary models; quant.scheme is {cfg.quant.scheme!r}"
+    if "hf-bitnet" in cfg.export.formats and cfg.model.arch != "hf_causal_lm":
+        yield "export.formats", "hf-bitnet exports a converted Hugging Face model (hf_causal_lm)"
+    if cfg.quant.layer_bits is not None and cfg.quant.scheme != "lsq":
+        yield (
+            "quant.layer_bits",
+            f"per-layer bits need quant.scheme 'lsq', got {cfg.quant.scheme!r}",
+        )
     if cfg.quant.scheme == "lsq" and cfg.quant.act_bits is not None and cfg.quant.act_bits > 8:
         yield "quant.act_bits", f"the lsq scheme takes 2..8 bits, got {cfg.quant.act_bits}"
     if cfg.growth.enabled and not lm:
         yield "growth.enabled", "progressive growth applies to the byte LM only"
+    yield from _bit_lm_problems(cfg)
+    yield from _telemetry_problems(cfg)
+
+
+def _telemetry_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:
+    """Telemetry, diffusion and distillation keys (seed 004) where they do not apply."""
+    bit_lm = cfg.model.arch == "bit_lm"
+    for name in ("lambda_K", "lambda_C", "lambda_S"):
+        if getattr(cfg.loss, name) > 0 and not bit_lm:
+            yield f"loss.{name}", "telemetry regularizers need model.arch 'bit_lm'"
+    sections = (("telemetry", TelemetryConfig), ("diffusion", DiffusionConfig),
+                ("distill", DistillConfig))  # fmt: skip
+    for section, default in sections:
+        changed = sorted(k for k, v in getattr(cfg, section) if v != getattr(default(), k))
+        if changed and not bit_lm:
+            keys = ", ".join(f"{section}.{k}" for k in changed)
+            yield f"{section}.{changed[0]}", f"{keys} need model.arch 'bit_lm'"
+        elif changed and section == "diffusion" and cfg.model.causal:
+            keys = ", ".join(f"diffusion.{k}" for k in changed)
+            yield f"diffusion.{changed[0]}", f"{keys} need model.causal: false (diffusion mode)"
+
+
+def _bit_lm_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:
+    """Keys of the bit LM (seed 004) used where they do not apply, and bad combinations."""
+    m, loss = cfg.model, cfg.loss
+    if m.arch != "bit_lm":
+        bit_only = {"reversible": m.reversible, "act": m.act, "causal": not m.causal,
+                    "attn_chunk": m.attn_chunk is not None,
+                    "full_attn_logging": m.full_attn_logging,
+                    "byte_phase": m.byte_phase}  # fmt: skip
+        for key, used in bit_only.items():
+            if used:
+                yield f"model.{key}", f"applies to model.arch 'bit_lm' only, got {m.arch!r}"
+        if loss.lambda_act > 0:
+            yield "loss.lambda_act", "the ACT ponder cost applies to model.arch 'bit_lm' only"
+        return
+    if m.seq_len % 9:
+        yield (
+            "model.seq_len",
+            f"bit_lm counts bits, 9 per byte: use a multiple of 9, e.g. 144 (got {m.seq_len})",
+        )
+    if m.d_model % 2:
+        yield "model.d_model", f"bit_lm needs an even width (sinusoidal positions), got {m.d_model}"
+    if m.act and m.reversible:
+        yield (
+            "model.act",
+            "model.act and model.reversible cannot both be true: ACT mixes every layer's "
+            "state, which the reversible stack does not keep; choose one",
+        )
+    if m.act and (m.early_exit or loss.lambda_r > 0 or loss.lambda_exit > 0):
+        yield (
+            "model.act",
+            "ACT (model.act) and early exit (model.early_exit, loss.lambda_r, "
+            "loss.lambda_exit) both decide the depth: use one",
+        )
+    if m.early_exit or m.layer_dropout > 0:
+        yield (
+            "model.early_exit",
+            "early exit and layer dropout apply to byte_lm; bit_lm adapts its depth with model.act",
+        )
+    if loss.lambda_act > 0 and not m.act:
+        yield "loss.lambda_act", "the ponder cost needs model.act: true"
+    if m.ffn != "sqrelu" or m.subln or m.rmsnorm_post_attn:
+        yield (
+            "model.ffn",
+            "model.ffn, model.subln and model.rmsnorm_post_attn apply to byte_lm only",
+        )
+    if m.reversible and (loss.lambda_q > 0 or loss.lambda_br_act > 0):
+        yield (
+            "model.reversible",
+            "loss.lambda_q and loss.lambda_br_act read activations recorded in forward, "
+            "which the reversible stack recomputes without autograd: set them to 0 or "
+            "model.reversible: false",
+        )
+    if m.attn_chunk is not None and m.attn_chunk >= m.seq_len:
+        yield "model.attn_chunk", f"must be below model.seq_len={m.seq_len} to chunk (or null)"
+
+
+# no "; " in messages: ConfigError splits a cross-section message there
+HF_PATH_HINT = "(pass it on the command line, e.g. bitsweep run bitnet-finetune model.hf_path=DIR)"
+
+
+def _hf_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:
+    """The Hugging Face fine-tuning keys (seed 003) used where they do not apply."""
+    m = cfg.model
+    if m.arch != "hf_causal_lm":
+        if m.hf_path is not None:
+            yield "model.hf_path", f"applies to model.arch 'hf_causal_lm' only, got {m.arch!r}"
+        if cfg.data.source == "selfgen":
+            yield (
+                "data.source",
+                "'selfgen' (the base model writes the training set) needs model.arch "
+                "'hf_causal_lm' and model.hf_path",
+            )
+        return
+    if cfg.task.kind != "lm":
+        yield "model.arch", "'hf_causal_lm' is a language model: set task.kind 'lm'"
+    if not m.hf_path:
+        yield (
+            "model.hf_path",
+            f"model.arch 'hf_causal_lm' needs a local Hugging Face model directory {HF_PATH_HINT}",
+        )
+    if m.early_exit or m.layer_dropout > 0 or cfg.loss.lambda_exit > 0:
+        yield "model.early_exit", "early exit and layer dropout apply to byte_lm, not hf_causal_lm"
+    if cfg.growth.enabled:
+        yield "growth.enabled", "progressive growth applies to byte_lm, not hf_causal_lm"
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,10 +10,13 @@ from torch import nn
 
 from trainables.build import TaskData
 from trainables.config import RunConfig
-from trainables.data import ByteCorpus, iterate_batches
+from trainables.data import BitCorpus, ByteCorpus, bits_to_bytes, iterate_batches, parity_positions
+from trainables.exit_eval import evaluate_early_exit
 from trainables.parallel import unwrap
 
 EVAL_IMAGE_BATCH = 512
+BIT_EVAL_GEN_SEQUENCES = 4  # bit LM: sequences sampled for val/parity_error
+BIT_EVAL_GEN_BYTES = 4  # bit LM: bytes sampled per sequence
 
 
 @torch.no_grad()
@@ -21,12 +24,15 @@ def evaluate(model: nn.Module, data: TaskData, cfg: RunConfig) -> dict[str, floa
     """Validation metrics: ``val/loss`` and ``val/bpb`` (bytes) or ``val/acc`` (images).
 
     A byte LM with early exit is evaluated at full depth for ``val/loss``; its early-exit
-    inference is measured too (``val/loss_exit``, ``route/exit_layer``: the mean exit layer).
+    inference is measured too (``val/loss_exit``, ``val/exit_layer_mean``, ``val/compute_frac``
+    and the exit distribution, see :mod:`trainables.exit_eval`).
     """
     raw = unwrap(model)
     was_training = raw.training
     model.eval()
     try:
+        if isinstance(data, BitCorpus):
+            return _evaluate_bit_lm(model, raw, data, cfg)
         if isinstance(data, ByteCorpus):
             return _evaluate_lm(model, raw, data, cfg)
         return _evaluate_images(model, data)
@@ -34,11 +40,8 @@ def evaluate(model: nn.Module, data: TaskData, cfg: RunConfig) -> dict[str, floa
         model.train(was_training)
 
 
-def _lm_loss(
-    model: nn.Module, data: ByteCorpus, cfg: RunConfig, seq_len: int
-) -> tuple[float, float, dict[int, int]]:
-    total = tokens = exit_layers = batches = 0.0
-    exits: dict[int, int] = {}
+def _lm_loss(model: nn.Module, data: ByteCorpus, cfg: RunConfig, seq_len: int) -> float:
+    total = tokens = 0.0
     for x, y in data.iter_eval_batches(
         "val", batch_size=cfg.train.batch_size, seq_len=seq_len, max_batches=cfg.data.eval_batches
     ):
@@ -46,13 +49,7 @@ def _lm_loss(
         out = model(x.to(device), targets=y.to(device))
         total += float(out.task_loss) * y.numel()
         tokens += y.numel()
-        exit_layers += float(out.metrics.get("route/exit_layer", 0.0))
-        batches += 1
-        per_sequence = getattr(unwrap(model), "last_exit_layers", None)
-        if per_sequence is not None:
-            for layer in per_sequence.tolist():
-                exits[int(layer)] = exits.get(int(layer), 0) + 1
-    return total / tokens, exit_layers / max(batches, 1), exits
+    return total / tokens
 
 
 def _evaluate_lm(
@@ -62,17 +59,63 @@ def _evaluate_lm(
     early_exit = getattr(raw, "exit_gates", None) is not None
     if early_exit:
         raw.exit_at_inference = False
-    loss, _, _ = _lm_loss(model, data, cfg, seq_len)
-    metrics = {"val/loss": loss, "val/bpb": loss / math.log(2)}
-    if early_exit:
-        raw.exit_at_inference = True
-        exit_loss, exit_layer, exits = _lm_loss(model, data, cfg, seq_len)
-        metrics["val/loss_exit"] = exit_loss
-        metrics["route/exit_layer"] = exit_layer
-        sequences = max(sum(exits.values()), 1)
-        for layer in range(1, raw.config.n_layers + 1):
-            # the exit-layer distribution of early-exit inference on the validation windows
-            metrics[f"route/exit_frac/{layer}"] = exits.get(layer, 0) / sequences
+    loss = _lm_loss(model, data, cfg, seq_len)
+    # bits per byte of text: loss per token * tokens / bytes (a TokenCorpus knows the ratio)
+    per_byte = getattr(data, "tokens_per_byte", 1.0)
+    metrics = {"val/loss": loss, "val/bpb": loss / math.log(2) * per_byte}
+    if early_exit:  # val/loss_exit, val/exit_layer_mean, val/compute_frac, exit distribution
+        metrics.update(evaluate_early_exit(model, raw, data, cfg, seq_len))
+    return metrics
+
+
+def _evaluate_bit_lm(
+    model: nn.Module, raw: nn.Module, data: BitCorpus, cfg: RunConfig
+) -> dict[str, float]:
+    """The causal bit LM (seed 004) on the validation bytes, read as 9 bits each.
+
+    ``val/loss`` is the mean cross-entropy per bit (nats); ``val/bpb`` is bits per byte of text,
+    the sum of the 9 bit cross-entropies of each byte (8 data bits and the parity bit) in bits,
+    so it compares with the byte LM's ``val/bpb`` (parity is a function of the 8 data bits, a
+    good model pays ~0 for it); ``val/bpb_parity`` is the parity bit's share of it.
+    ``val/parity_error``: the share of sampled bytes (``BIT_EVAL_GEN_SEQUENCES`` validation
+    prefixes, ``BIT_EVAL_GEN_BYTES`` bytes each, temperature 1, seeded by ``train.seed``) whose
+    parity bit is wrong. With ACT, ``val/act_mean_layers`` is the mean halting layer.
+    """
+    if not raw.config.causal:
+        return {}  # the diffusion denoiser is evaluated by its own integration (bit_diffusion)
+    device = next(model.parameters()).device
+    seq_len = min(raw.config.seq_len, 9 * (data.num_bytes("val") - 1))
+    seq_len -= seq_len % 9
+    total = parity = bits = act_layers = batches = 0.0
+    prefix: torch.Tensor | None = None
+    for x, y in data.iter_eval_batches(
+        "val", batch_size=cfg.train.batch_size, seq_len=seq_len, max_batches=cfg.data.eval_batches
+    ):
+        out = model(x.to(device))
+        ce = F.cross_entropy(
+            out.logits.float().transpose(1, 2), y.to(device), reduction="none"
+        )  # [b, T] nats
+        total += float(ce.sum())
+        parity += float(ce[:, parity_positions(y.shape[1], offset=1).to(device)].sum())
+        bits += y.numel()
+        act_layers += float(out.metrics.get("act/mean_layers", 0.0))
+        batches += 1
+        if prefix is None:
+            prefix = x[:BIT_EVAL_GEN_SEQUENCES, : 9 * max(1, min(8, seq_len // 18))]
+    loss = total / bits
+    byte_count = bits / 9
+    metrics = {
+        "val/loss": loss,
+        "val/bpb": 9 * loss / math.log(2),
+        "val/bpb_parity": parity / byte_count / math.log(2),
+    }
+    if getattr(raw.config, "act", False):
+        metrics["val/act_mean_layers"] = act_layers / max(batches, 1)
+    assert prefix is not None
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    sampled = raw.generate(prefix.to(device), BIT_EVAL_GEN_BYTES, generator=generator)
+    _, parity_ok = bits_to_bytes(sampled[:, prefix.shape[1] :])  # [b, n] bool
+    metrics["val/parity_error"] = 1.0 - float(parity_ok.float().mean())
     return metrics
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainables.bit_control import bit_lm_control
 from trainables.build import (
     Architecture,
     TaskData,
@@ -29,9 +30,16 @@ from trainables.build import (
 from trainables.config import RunConfig
 from trainables.data import ByteCorpus, iterate_batches
 from trainables.evaluation import evaluate
-from trainables.growth_control import GrowthState, grow_model, should_grow
+from trainables.growth_control import (
+    GrowthState,
+    attach_freeze,
+    grow_model,
+    last_event_metrics,
+    should_grow,
+)
+from trainables.hf_pipeline import copy_artifacts, training_manifest, write_training_manifest
 from trainables.metrics import layer_bit_widths, model_size
-from trainables.objective import Objective, check_finite
+from trainables.objective import Objective
 from trainables.parallel import Parallel, pick_device, unwrap
 from trainables.quant import (
     BitLinear,
@@ -39,9 +47,11 @@ from trainables.quant import (
     LSQLayer,
     apply_lambda_schedule,
     initialize_step_sizes,
+    param_groups,
     save_packed_checkpoint,
 )
 from trainables.reporting import CheckpointWriter, Reporter
+from trainables.train_step import accumulate_gradients, clip_gradients
 
 PACKED_DIR = "packed"
 
@@ -114,8 +124,11 @@ class _Batches:
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # learned bit-widths get their own group at quant.bit_lr (see trainables/quant/optim.py)
+    groups = param_groups(
+        model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, bit_lr=cfg.quant.bit_lr
+    )
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
 def learning_rate(cfg: RunConfig, step: int, growth: GrowthState) -> float:
@@ -184,10 +197,14 @@ def train(
     step = 0
     if extra is not None and resume_from is not None:
         parallel.load(resume_from, wrapped, optimizer)
+        attach_freeze(model, optimizer, growth)  # a freeze window open at the checkpoint
         step = int(extra["step"])
         batches.restore(extra["rng"]["batches"])
         torch.set_rng_state(extra["rng"]["torch"])
     objective = Objective(cfg, model)
+    control = bit_lm_control(cfg, data, extra)  # bit_lm: telemetry, safety gate, diffusion
+    if control is not None:
+        objective.telemetry_reference = control.q_ref
     banner = objective.banner()
     if banner and parallel.is_main and step == 0:
         print(banner, flush=True)
@@ -209,36 +226,40 @@ def train(
     try:
         while step < last_step:
             started = time.perf_counter()
-            lam = apply_lambda_schedule(model, schedule, step, total_steps)
+            lam = apply_lambda_schedule(
+                model, schedule, step, total_steps, applies_to=cfg.schedule.applies_to
+            )
             lr = learning_rate(cfg, step, growth)
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            objective.begin_step(step)
-            x, y = batches.next(model.config.seq_len if isinstance(data, ByteCorpus) else 0)
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # bit-widths: quant.bit_lr
             wrapped.train()
             if hasattr(model, "set_step"):
                 model.set_step(step)
-            out = wrapped(x, targets=y)
-            total, terms = objective(out, step)
-            check_finite(total, terms, step)
+            seq_len = model.config.seq_len if isinstance(data, ByteCorpus) else 0
+            micro = [batches.next(seq_len) for _ in range(cfg.train.grad_accum)]
+            if control is not None:  # the diffusion denoiser trains on corrupted bits
+                micro = [control.training_batch(x, y, step) for x, y in micro]
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.train.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            # seed 003's knobs: grad_accum micro-batches, bf16 autocast, the pre-clip grad norm
+            done = accumulate_gradients(wrapped, objective, micro, step,
+                                        precision=cfg.train.precision)  # fmt: skip
+            grad_norm = clip_gradients(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
             step += 1
             window_time += time.perf_counter() - started
-            window_samples += x.shape[0] * parallel.world_size
+            window_samples += done.samples * parallel.world_size
             window_steps += 1
-            for name, value in {"train/loss": total, **terms}.items():
-                window[name] = window.get(name, 0.0) + float(value.detach())
-            for name, value in out.metrics.items():
-                window[name] = window.get(name, 0.0) + float(value)
+            step_values = {**done.losses, "train/grad_norm": grad_norm, **done.metrics}
+            for name, value in step_values.items():
+                window[name] = window.get(name, 0.0) + value
             if step % cfg.train.eval_every and step != last_step:
                 continue
             metrics = {"step": float(step), "quant/lambda": lam, "train/lr": lr}
             metrics.update(parallel.mean_dict({k: v / window_steps for k, v in window.items()}))
             metrics.update(evaluate(wrapped if parallel.strategy == "fsdp" else model, data, cfg))
+            if control is not None:  # telemetry K, C, S, the gate, drift (may halt the run)
+                metrics.update(control.evaluate(model, step))
+                last_step = step if control.halt_reason else last_step
             metrics.update(model_size(model))
             metrics.update(layer_bit_widths(model))
             rate = window_samples / window_time if window_time > 0 else 0.0
@@ -249,14 +270,19 @@ def train(
             window, window_steps, window_time, window_samples = {}, 0, 0.0, 0
             if cfg.growth.enabled and step < total_steps and should_grow(growth, metrics, cfg):
                 model, optimizer = grow_model(model, optimizer, growth, cfg, step)
+                metrics.update(last_event_metrics(growth, step))  # growth/* event metrics
                 _attach_template(model, parallel)
                 wrapped = parallel.wrap(model)
                 objective.close()
                 objective = Objective(cfg, model)
+                if control is not None:
+                    objective.telemetry_reference = control.q_ref
             metrics["growth/stage"] = float(growth.stage)
             architecture = architecture_of(model, architecture.arch)
             history.append(metrics)
             final = step == total_steps
+            if control is not None and final and cfg.distill.enabled:
+                metrics.update(control.distill(model, architecture))  # seed 004's collapse
             writer: CheckpointWriter | None = None
             if final or step % every == 0 or step == last_step:
                 state = {
@@ -265,8 +291,13 @@ def train(
                     "growth": growth.to_dict(),
                     "rng": {"torch": torch.get_rng_state(), "batches": batches.state()},
                     "run_config": cfg.to_flat(),
+                    "quant_lambda": lam,  # the lam training reached (the manifest's final_lambda)
                 }
-                writer = _writer(parallel, wrapped, optimizer, state, cfg, final)
+                artifacts = getattr(data, "artifacts", ())  # e.g. seed 003's self-generated data
+                if control is not None:  # samples, distilled_metrics.json
+                    state["bit_control"] = control.state()
+                    artifacts = (*artifacts, *control.artifact_files())
+                writer = _writer(parallel, wrapped, optimizer, state, cfg, final, artifacts)
             if reporter is not None:
                 reporter.report(dict(metrics), writer)
     finally:
@@ -303,20 +334,30 @@ def _writer(
     state: dict[str, Any],
     cfg: RunConfig,
     final: bool,
+    artifacts: tuple[tuple[str, Path], ...] = (),
 ) -> CheckpointWriter:
     def write(directory: Path) -> None:
         parallel.save(directory, wrapped, optimizer, state)
+        if parallel.is_main:
+            copy_artifacts(directory, artifacts)  # the tracker logs <checkpoint>/artifacts/
         if not final:
             return
         full = parallel.full_model(wrapped)
         if full is not None and any(isinstance(m, BitLinear) for m in full.modules()):
+            seed = training_manifest(cfg, state["architecture"], state["step"],
+                                     state.get("quant_lambda", 1.0))  # fmt: skip
             manifest = {
-                "training_steps": state["step"],
-                "lambda_warmup_frac": cfg.schedule.lambda_warmup_frac,
-                "final_lambda": 1.0,
+                **seed,
                 "model_type": f"bitsweep-{state['architecture']['arch']}-{cfg.quant.scheme}",
                 "architecture": state["architecture"],
             }
             save_packed_checkpoint(full, directory / PACKED_DIR, packing="base3", manifest=manifest)
+            # seed 003: training_manifest.json, exactly its six fields, beside the packed weights
+            write_training_manifest(directory / PACKED_DIR, seed)
+            if cfg.export.formats and parallel.is_main:
+                from trainables.export import export_into_checkpoint
+
+                # into <checkpoint>/artifacts/export/<format>/, which the tracker uploads
+                export_into_checkpoint(directory, cfg.export.formats, base_model=cfg.model.hf_path)
 
     return write

@@ -8,14 +8,19 @@ from torch import nn
 
 
 def model_size(model: nn.Module) -> dict[str, float]:
-    """``model/params``, ``model/bits_total``, ``model/bits_per_weight``, ``model/packed_bytes``.
+    """``model/params``, ``model/bits_total``, ``model/bits_per_weight``, ``model/packed_bytes``,
+    ``model/quant_bits_per_weight``.
 
     A quantized layer that knows its storage cost (``storage_bits()``: packed codes plus scales)
     counts that for its weight; every other parameter counts at its own precision (32 bits for
-    float32). ``bits_total`` is therefore what a packed checkpoint of the model stores.
+    float32). ``bits_total`` is therefore what a packed checkpoint of the model stores, and
+    ``bits_per_weight`` the whole model's average (full-precision embedding and head included);
+    ``quant_bits_per_weight`` is the quantized layers' weights alone (0 when there are none).
     """
     params = 0
     bits = 0.0
+    quant_bits = 0.0
+    quant_weights = 0
     counted: set[int] = set()
     for module in model.modules():
         storage_bits = getattr(module, "storage_bits", None)
@@ -24,6 +29,8 @@ def model_size(model: nn.Module) -> dict[str, float]:
             value = storage_bits()
             if value is not None:
                 bits += float(value)
+                quant_bits += float(value)
+                quant_weights += weight.numel()
                 counted.add(id(weight))
     for parameter in model.parameters():
         params += parameter.numel()
@@ -34,6 +41,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
         "model/bits_total": bits,
         "model/bits_per_weight": bits / params if params else 0.0,
         "model/packed_bytes": float(math.ceil(bits / 8)),
+        "model/quant_bits_per_weight": quant_bits / quant_weights if quant_weights else 0.0,
     }
 
 

@@ -12,20 +12,21 @@ import torch
 from torch import Tensor, nn
 
 from trainables.config import RunConfig
+from trainables.models.bit_telemetry import regularizer_terms
 from trainables.models.outputs import ModelOutput
 from trainables.quant import (
     ActivationCapture,
     BinRegConfig,
+    BitBalancedCrossEntropy,
     bin_reg_terms,
     br_active,
     br_warmup_steps,
-    compute_total_bit_usage,
-    count_trainable_parameters,
     freeze_alpha,
     quantization_mse,
     record_quant_errors,
     render_br_banner,
 )
+from trainables.telemetry_events import reported_metrics as telemetry_metrics
 
 
 class LossDivergedError(RuntimeError):
@@ -52,7 +53,17 @@ class Objective:
         # Hooks exist only when A-BR is on, so a run without it pays nothing for them.
         self.capture = ActivationCapture(model, enabled=loss.lambda_br_act > 0).__enter__()
         self.br_stage = False
-        self.trainable_params = count_trainable_parameters(model) if loss.bit_loss_weight else 0
+        # seed 000's --loss_fn: the bit-balanced cross-entropy wraps the task cross-entropy
+        self.task_loss_fn: BitBalancedCrossEntropy | None = None
+        if loss.fn == "bit_balanced_ce":
+            self.task_loss_fn = BitBalancedCrossEntropy(
+                loss.bit_loss_weight, loss.bit_loss_normalize
+            ).set_model(model)
+        # bit_lm telemetry regularizers: only the weighted ones are computed; S's reference
+        # distribution of the data bits is set by the loop (trainables.bit_control)
+        weights = {"K": loss.lambda_K, "C": loss.lambda_C, "S": loss.lambda_S}
+        self.telemetry_weights = {name: w for name, w in weights.items() if w > 0}
+        self.telemetry_reference: Tensor | None = None
 
     def banner(self) -> str | None:
         """Seed 002's BR configuration banner, for runs of the ``lsq`` scheme."""
@@ -81,12 +92,16 @@ class Objective:
             raise ValueError("the model returned no task loss: call it with targets")
         terms: dict[str, Tensor] = {"loss/task": out.task_loss}
         total = out.task_loss
+        if self.task_loss_fn is not None:
+            total = self.task_loss_fn.combine(out.task_loss)
+            terms["loss/bits"] = self.task_loss_fn.last_terms["bits"]
         if loss.lambda_q > 0:
             terms["loss/quant"] = quantization_mse(self.model, recorded=True)
             total = total + loss.lambda_q * terms["loss/quant"]
         if loss.lambda_r > 0 and "route" in out.aux_losses:
             terms["loss/route"] = out.aux_losses["route"]
-            total = total + loss.lambda_r * terms["loss/route"]
+            if step >= loss.route_warmup_frac * self.cfg.train.steps:  # routing warm-up
+                total = total + loss.lambda_r * terms["loss/route"]
         if loss.lambda_exit > 0 and "exit" in out.aux_losses:
             terms["loss/exit"] = out.aux_losses["exit"]
             total = total + loss.lambda_exit * terms["loss/exit"]
@@ -98,12 +113,17 @@ class Objective:
             if "br_act" in br:
                 terms["loss/br_a"] = br["br_act"]
                 total = total + loss.lambda_br_act * br["br_act"]
-        if loss.bit_loss_weight > 0:
-            bits = compute_total_bit_usage(self.model)
-            if loss.bit_loss_normalize:
-                bits = bits / max(self.trainable_params, 1)
-            terms["loss/bits"] = bits
-            total = total + loss.bit_loss_weight * bits
+        if loss.lambda_act > 0 and "ponder" in out.aux_losses:
+            # ACT's ponder cost N + R (Graves 2016), bit_lm with model.act
+            terms["loss/ponder"] = out.aux_losses["ponder"]
+            total = total + loss.lambda_act * terms["loss/ponder"]
+        if self.telemetry_weights:  # bit_lm: 1 - K, 1 - C~, 1 - S (seed 004)
+            telemetry = regularizer_terms(
+                out.logits, self.telemetry_weights, q_ref=self.telemetry_reference
+            )
+            for name, value in telemetry.items():
+                terms[f"loss/{name}"] = value
+                total = total + self.telemetry_weights[name] * value
         return total, terms
 
     def close(self) -> None:
@@ -133,15 +153,33 @@ def reported_terms(cfg: RunConfig) -> set[str]:
         names.add("loss/quant")
     if cfg.model.early_exit:
         names |= {"route/expected_exit", "route/sampled_exit", "route/exit_layer", "val/loss_exit"}
+        names |= {"val/exit_layer_mean", "val/compute_frac"}  # trainables.exit_eval
+        if cfg.model.exit_task_loss != "final":
+            names.add("route/final_loss")  # training CE at the last layer, beside the routed one
         names |= {f"route/exit_frac/{layer}" for layer in range(1, cfg.model.n_layers + 1)}
         if loss.lambda_r > 0:
             names.add("loss/route")
+    if cfg.model.layer_dropout > 0:
+        names.add("model/layers_dropped")  # blocks skipped by layer dropout, per training step
     if loss.lambda_exit > 0:
         names.add("loss/exit")
     if loss.lambda_br > 0:
         names.add("loss/br_w")
     if loss.lambda_br_act > 0:
         names.add("loss/br_a")
-    if loss.bit_loss_weight > 0:
+    if loss.fn == "bit_balanced_ce":
         names.add("loss/bits")
+    if cfg.model.arch == "bit_lm":
+        names.add("val/parity_error")
+        if cfg.model.causal:
+            names.add("val/bpb_parity")
+        if cfg.model.act:
+            names |= {"act/mean_layers", "act/ponder", "val/act_mean_layers"}
+        if loss.lambda_act > 0:
+            names.add("loss/ponder")
+    names |= telemetry_metrics(cfg)  # bit_lm telemetry, diffusion, distillation (seed 004)
+    if cfg.growth.enabled:
+        from trainables.growth_events import EVENT_METRICS  # at the steps where the model grew
+
+        names |= EVENT_METRICS
     return names

@@ -1,5 +1,12 @@
 """Data sources: byte corpora and small vision data sets, all local (nothing is downloaded)."""
 
+from trainables.data.bits import (
+    BitCorpus,
+    bits_to_bytes,
+    bytes_to_bits,
+    parity_bits,
+    parity_positions,
+)
 from trainables.data.bytes import (
     PYDOCS_SOURCE,
     ByteCorpus,
@@ -27,14 +34,19 @@ __all__ = [
     "DIGITS_SOURCE",
     "PYDOCS_SOURCE",
     "VISION_SOURCES",
+    "BitCorpus",
     "ByteCorpus",
     "DataError",
     "ImageClassificationData",
+    "bits_to_bytes",
+    "bytes_to_bits",
     "iterate_batches",
     "load_byte_corpus",
     "load_cifar10",
     "load_digits_data",
     "load_vision_data",
+    "parity_bits",
+    "parity_positions",
     "pydocs_bytes",
     "read_source_bytes",
     "resolve_source_paths",

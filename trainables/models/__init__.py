@@ -1,5 +1,7 @@
 """Single-device model code: byte-level language models, vision networks, early exit, growth."""
 
+from .bit_lm import MASK_TOKEN, BitLM, bit_cross_entropy, sinusoidal_positions
+from .bit_lm_config import BitLMConfig
 from .early_exit import (
     ExitGate,
     FloatLinear,
@@ -9,6 +11,8 @@ from .early_exit import (
     exit_loss_weights,
     expected_exit,
     layer_dropout_rates,
+    realized_exit,
+    routed_task_loss,
     routing_loss,
 )
 from .growth import (
@@ -27,7 +31,10 @@ from .outputs import ModelOutput
 from .vision import MLP, ConvNet, ConvNetConfig, MLPConfig, accuracy, build_vision_model
 
 __all__ = [
+    "MASK_TOKEN",
     "MLP",
+    "BitLM",
+    "BitLMConfig",
     "ByteLM",
     "ByteLMConfig",
     "ConvNet",
@@ -39,6 +46,7 @@ __all__ = [
     "ModelOutput",
     "accuracy",
     "bernoulli_ste",
+    "bit_cross_entropy",
     "bits_per_byte",
     "build_vision_model",
     "convert_hf_model",
@@ -55,6 +63,9 @@ __all__ = [
     "layer_dropout_rates",
     "load_hf_model",
     "move_optimizer_to_grown",
+    "realized_exit",
+    "routed_task_loss",
     "routing_loss",
+    "sinusoidal_positions",
     "warmup_factor",
 ]

@@ -6,6 +6,7 @@ Every projection is a plain bias-free ``nn.Linear`` so that the quantization swa
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,6 +56,42 @@ class Attention(nn.Module):
             y = self.post_norm(y)
         return y
 
+    def forward_queries(
+        self, x: Tensor, pos: Tensor, valid: Tensor, cos: Tensor, sin: Tensor
+    ) -> Tensor:
+        """The branch output at the query positions ``pos`` only; keys/values from all of ``x``.
+
+        ``x``: ``[B, T, D]`` (normed hidden states of every position: they all serve as keys and
+        values), ``pos``: ``[B, M]`` query positions per row, ``valid``: ``[B, M]`` which of them
+        are real (rows have different counts; the padding is dropped), ``cos``/``sin``:
+        ``[T, hd]``. Returns ``[N, D]`` for the ``N = valid.sum()`` queries, in ``valid`` order.
+        The query projection, the attention of the queries, the output projection and the norms
+        run on the ``N`` queries only.
+        """
+        b, t, _ = x.shape
+        m = pos.shape[1]
+        inner = self.n_heads * self.head_dim
+        k = self.k_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        v = self.v_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = apply_rope(k, cos, sin)
+        rows = torch.arange(b, device=x.device)[:, None].expand(b, m)  # [B, M]
+        q_flat = self.q_proj(x[rows[valid], pos[valid]])  # [N, inner]
+        q = q_flat.new_zeros(b, m, inner)
+        q[valid] = q_flat
+        q = q.view(b, m, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, M, hd]
+        q = apply_rope(q, cos[pos].unsqueeze(1), sin[pos].unsqueeze(1))  # tables [B, 1, M, hd]
+        # causal by original position: query at position pos may see keys 0..pos
+        mask = torch.arange(t, device=x.device)[None, None, :] <= pos[:, :, None]  # [B, M, T]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=p)
+        y = y.transpose(1, 2).reshape(b, m, inner)[valid]  # [N, inner]
+        if self.sub_norm is not None:
+            y = self.sub_norm(y)
+        y = self.o_proj(y)  # [N, D]
+        if self.post_norm is not None:
+            y = self.post_norm(y)
+        return y
+
 
 class FeedForward(nn.Module):
     """The FFN: squared ReLU, gated squared ReLU (BitNet b1.58 2B4T) or SwiGLU.
@@ -98,10 +135,44 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, h: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """``h``: ``[B, T, D]`` -> ``[B, T, D]``."""
+    def forward(
+        self,
+        h: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        pos: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> Tensor:
+        """``h``: ``[B, T, D]`` -> ``[B, T, D]``; with ``pos``/``valid`` see :meth:`forward_tokens`.
+
+        The token subset goes through ``forward`` (not a separate method call) so that wrappers
+        hooked on it, such as FSDP2's parameter gathering, also run for early-exit inference.
+        """
+        if pos is not None and valid is not None:
+            return self.forward_tokens(h, pos, valid, cos, sin)
         h = h + self.drop(self.attn(self.attn_norm(h), cos, sin))
         return h + self.drop(self.ffn(self.ffn_norm(h)))
+
+    def forward_tokens(
+        self, h: Tensor, pos: Tensor, valid: Tensor, cos: Tensor, sin: Tensor
+    ) -> Tensor:
+        """Run the block for the positions ``pos`` (``valid``) only; the others keep ``h``.
+
+        Used by per-token early-exit inference: an exited token's hidden state is frozen, but it
+        still serves as key and value to the later tokens, so every position's attention norm
+        and key/value projections run; the query, attention, output projection and FFN run only
+        for the ``N`` active tokens (see :meth:`Attention.forward_queries`). ``h``: ``[B, T, D]``,
+        ``pos``/``valid``: ``[B, M]`` -> a new ``[B, T, D]``.
+        """
+        b, m = pos.shape
+        rows = torch.arange(b, device=h.device)[:, None].expand(b, m)[valid]  # [N]
+        cols = pos[valid]  # [N]
+        y = self.attn.forward_queries(self.attn_norm(h), pos, valid, cos, sin)  # [N, D]
+        r = h[rows, cols] + self.drop(y)  # [N, D]
+        r = r + self.drop(self.ffn(self.ffn_norm(r)))  # the FFN on the active tokens only
+        out = h.clone()
+        out[rows, cols] = r
+        return out
 
     def branch_outputs(self) -> list[nn.Module]:
         """The last module of each residual branch (what starts at zero in a new grown block)."""

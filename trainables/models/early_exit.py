@@ -5,6 +5,8 @@ Pieces, each a pure function or a small module so that they are unit-tested on t
 - :class:`ExitGate`: ``p = sigmoid(Linear(ReLU(Linear(LayerNorm(h)))))`` per token, a Bernoulli
   sample through a straight-through estimator in training, a threshold at inference.
 - :func:`exit_distribution`, :func:`expected_exit`, :func:`routing_loss`: the routing objective.
+- :func:`realized_exit`, :func:`routed_task_loss`: the task loss scored at the exit the gates
+  choose per token, so the task loss itself trains the gates (LayerSkip / CALM training signal).
 - :func:`exit_loss_weights`, :func:`exit_curriculum_mask`: the LayerSkip early-exit loss.
 - :func:`layer_dropout_rates`: layer dropout growing with depth (BitSkip quadratic, LayerSkip
   exponential).
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lm_config import ExitCurriculum, ExitLossWeighting, LayerDropoutSchedule
+from .lm_config import ExitCurriculum, ExitLossWeighting, ExitTaskLoss, LayerDropoutSchedule
 
 
 class FloatLinear(nn.Module):
@@ -57,24 +59,36 @@ def bernoulli_ste(p: Tensor, generator: torch.Generator | None = None) -> Tensor
 
 
 class ExitGate(nn.Module):
-    """Per-token exit gate ``sigmoid(Linear(ReLU(Linear(LayerNorm(h)))))`` (seed 001, BitSkip).
+    """Per-token exit gate of seed 001 (BitSkip, arXiv 2510.23766).
+
+    ``p = sigmoid(Linear(Dropout(ReLU(Linear(LayerNorm(h))))))`` with hidden width ``d_model // 4``
+    and dropout ``gate_dropout`` (0.1 in the seed; dropout and ReLU commute, so the seed's listing
+    order ``Linear, Dropout, ReLU`` is the same function). The linear layers are
+    :class:`FloatLinear`, so the gates stay full precision under every quantization scheme.
 
     Args:
         d_model: width of the hidden state it reads.
         hidden: width of the gate MLP (the model uses ``d_model // 4``).
         threshold: inference exits where ``p > threshold``.
+        dropout: dropout rate on the gate's hidden layer (active in training only).
     """
 
-    def __init__(self, d_model: int, hidden: int, threshold: float = 0.5) -> None:
+    def __init__(
+        self, d_model: int, hidden: int, threshold: float = 0.5, dropout: float = 0.1
+    ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"gate dropout must be in [0, 1), got {dropout!r}")
         self.norm = nn.LayerNorm(d_model)
         self.fc1 = FloatLinear(d_model, hidden)
+        self.drop = nn.Dropout(dropout)
         self.fc2 = FloatLinear(hidden, 1)
         self.threshold = threshold
 
     def probability(self, h: Tensor) -> Tensor:
         """Exit probability per token: ``h`` ``[..., D]`` -> ``[...]`` in (0, 1)."""
-        return torch.sigmoid(self.fc2(F.relu(self.fc1(self.norm(h))))).squeeze(-1)
+        hidden = self.drop(F.relu(self.fc1(self.norm(h))))  # [..., hidden]
+        return torch.sigmoid(self.fc2(hidden)).squeeze(-1)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(p, z)``: probabilities ``[...]`` and decisions ``[...]`` in {0, 1}.
@@ -115,6 +129,56 @@ def routing_loss(gate_probs: Tensor, target_exit_layer: float) -> Tensor:
     pushed to the target, like ``F.mse_loss(E, target)`` in seed 001. Returns a scalar.
     """
     return (expected_exit(gate_probs) - target_exit_layer).square().mean()
+
+
+def realized_exit(samples: Tensor) -> Tensor:
+    """One-hot exit ``e_l = z_l * prod_{i<l} (1 - z_i)`` of hard gate samples (``z_L = 1``).
+
+    ``samples``: ``[..., L]`` decisions in {0, 1} (the last entry is ignored, as in
+    :func:`exit_distribution`: a token that reaches layer L exits there) -> ``[..., L]``, one 1
+    at the first layer whose gate fired. With straight-through samples (:func:`bernoulli_ste`)
+    the result keeps a gradient to every gate the token reached: at hard values
+    ``d e_k / d z_l`` is what turns ``sum_k e_k c_k`` into the finite difference of
+    :func:`routed_task_loss`.
+    """
+    return exit_distribution(samples)
+
+
+def routed_task_loss(
+    layer_losses: Tensor, gate_probs: Tensor, gate_samples: Tensor, mode: ExitTaskLoss
+) -> tuple[Tensor, Tensor]:
+    """The per-token task loss at the exit the gates choose, and the exit weights it used.
+
+    ``layer_losses`` ``[..., L]``: the cross-entropy ``c_l`` of each exit's prediction (shared
+    final norm and head on ``h_l``); ``gate_probs`` / ``gate_samples`` ``[..., L]``: the gates'
+    probabilities and straight-through samples (last entries ignored, the last layer always
+    exits). Returns ``(loss [...], weights [..., L])``.
+
+    - ``"sampled"``: ``sum_l e_l c_l`` with ``e`` the :func:`realized_exit` of the samples, so
+      the loss is the cross-entropy at the realized exit. Through the straight-through estimator
+      the gradient to gate ``l`` of a token that reached it is ``c_l - c_next`` (``c_next``: the
+      loss at the exit the token took, or would take after ``l``): the gate learns to fire where
+      exiting costs nothing against going on. This is the training signal of LayerSkip
+      (arXiv 2404.16710) and CALM (Schuster et al. 2022, arXiv 2207.07061): an exit is judged by
+      its own prediction; the routing loss ``(E - target)^2`` of BitSkip (arXiv 2510.23766) is the
+      compute cost that pulls the exits earlier.
+    - ``"expected"``: ``sum_l p_exit(l) c_l``, the expected loss under the exit distribution
+      (:func:`exit_distribution`): an exact, noise-free gradient ``reach_l (c_l - E[c | past l])``
+      for the same trade-off.
+
+    The gates read the hidden states detached (``ByteLM``): their learning signal arrives
+    through the exit weights, not through ``h``, so detaching loses them nothing, while it keeps
+    the routing loss and the choice of exit from bending the trunk's features towards firing the
+    gates. The per-layer losses are not detached: the exit a token took is trained on it (and,
+    with the LayerSkip exit loss, every exit is trained on every token).
+    """
+    if mode == "sampled":
+        weights = realized_exit(gate_samples)  # [..., L] one-hot in the forward pass
+    elif mode == "expected":
+        weights = exit_distribution(gate_probs)  # [..., L] sums to 1
+    else:
+        raise ValueError(f"exit_task_loss must be 'sampled' or 'expected' here, got {mode!r}")
+    return (weights * layer_losses).sum(-1), weights
 
 
 def exit_loss_weights(

@@ -35,6 +35,9 @@ by 1/k (activations after a norm, ``W/k`` weights), so LSQ models keep their gri
 
 Each grown model carries ``grown_from``, a dict from its parameter names to the parameter names of
 the model it was grown from, which :func:`move_optimizer_to_grown` uses to carry Adam state over.
+Width growth lays every duplicated dimension out as ``[original, copy, ...]``, so the pre-existing
+units of each widened tensor are its leading block; the freeze window after a growth
+(:mod:`trainables.growth_freeze`) relies on both.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ from ..quant import LSQQuantizer, QuantLayer, apply_recipe, dequantize, prepare,
 from .lm import ByteLM
 
 GROWN_FROM_ATTR = "grown_from"
+
+
+def _is_bit_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a BitLM (its growth lives in :mod:`.bit_lm_growth`)."""
+    from .bit_lm import BitLM
+
+    return isinstance(model, BitLM)
 
 
 def _quant_names(model: nn.Module) -> list[str]:
@@ -120,6 +130,12 @@ def grow_depth(
     last layer, which had none, a fresh gate). A quantized model's new blocks are quantized with
     the model's recipe and its blend factor; the zero output weights quantize to exactly zero.
     """
+    if _is_bit_lm(model):  # BitTransformerLM (seed 004): same rules, its own layout
+        from .bit_lm_growth import grow_depth as grow_bit_depth
+
+        return grow_bit_depth(
+            model, n_new, position=position, noise_std=noise_std, generator=generator
+        )  # type: ignore[return-value]
     cfg = model.config
     n_old = cfg.n_layers
     position = n_old if position is None else position
@@ -285,6 +301,10 @@ def grow_width(
     """
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
         raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+    if _is_bit_lm(model):
+        from .bit_lm_growth import grow_width as grow_bit_width
+
+        return grow_bit_width(model, factor, noise_std=noise_std, generator=generator)  # type: ignore[return-value]
     cfg = model.config
     new_cfg = cfg.replace(
         d_model=cfg.d_model * factor, n_heads=cfg.n_heads * factor, d_ff=cfg.ffn_hidden * factor
@@ -323,6 +343,10 @@ def grow_context(model: ByteLM, factor: int = 2, *, seq_len: int | None = None) 
     RoPE has no learned positions: no weight changes, outputs on sequences that fitted before are
     unchanged (in full precision and quantized alike).
     """
+    if _is_bit_lm(model):
+        from .bit_lm_growth import grow_context as grow_bit_context
+
+        return grow_bit_context(model, factor, seq_len=seq_len)  # type: ignore[return-value]
     cfg = model.config
     new_len = cfg.seq_len * factor if seq_len is None else seq_len
     if new_len <= cfg.seq_len:

@@ -52,6 +52,7 @@ def load_hf_model(path: str | os.PathLike[str], **load_kwargs: Any) -> nn.Module
     if not directory.exists():
         raise FileNotFoundError(f"Hugging Face model directory not found: {directory}")
     transformers = _require_transformers()
+    transformers.utils.logging.disable_progress_bar()  # no per-load bars in a trial's log
     kwargs = {"local_files_only": True, **load_kwargs}
     return transformers.AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
 

@@ -7,11 +7,13 @@ projection inside the blocks is a plain ``nn.Linear``: ``trainables.quant.prepar
 swaps them for the scheme's layers and keeps ``head`` (the last ``nn.Linear``) in full precision.
 
 Early exit (``config.early_exit``, seed 001): a gate after each block but the last. In training the
-model runs every block and reports the routing loss (``aux_losses["route"]``) and the expected exit
-layer (``metrics["route/expected_exit"]``). In evaluation (``model.eval()`` with
-``exit_at_inference``) it exits **per sequence**: after block ``l`` the sequences whose gate fires
-are finished (final norm + head on their hidden state) and removed from the batch, so the remaining
-blocks run only on the sequences still active; when none is left the loop stops.
+model runs every block, samples each token's exit from the gates (straight-through Bernoulli) and,
+with ``exit_task_loss: sampled`` (default), scores the task loss at that exit, so the task loss
+trains the gates (see :func:`trainables.models.early_exit.routed_task_loss`); it also reports the
+routing loss (``aux_losses["route"]``) and the expected and sampled exit layers. In evaluation
+(``model.eval()`` with ``exit_at_inference``) it exits per token at ``p_exit > exit_threshold`` and
+skips the exited tokens' compute in later blocks (``exit_mode: token``), or per sequence
+(``exit_mode: sequence``); see :mod:`trainables.models.exit_inference`.
 
 The training step: pass ``forward(..., step=n)`` or call :meth:`ByteLM.set_step` (the curricula of
 the early-exit loss read it; without either the last step given is kept, starting at 0).
@@ -33,8 +35,10 @@ from .early_exit import (
     exit_loss_weights,
     expected_exit,
     layer_dropout_rates,
+    routed_task_loss,
     routing_loss,
 )
+from .exit_inference import sequence_exit, token_exit
 from .lm_config import ByteLMConfig
 from .outputs import ModelOutput
 from .rope import RotaryEmbedding
@@ -51,6 +55,13 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:  # [B, T, V], [B,
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
+def _token_ce(logits: Tensor, targets: Tensor) -> Tensor:  # [B, T, V], [B, T] -> [B, T]
+    flat = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+    )
+    return flat.view(targets.shape)
+
+
 class ByteLM(nn.Module):
     """The byte-level language model of :class:`ByteLMConfig`.
 
@@ -58,7 +69,9 @@ class ByteLM(nn.Module):
         config: the architecture (replaced by the growth functions with the grown shape).
         exit_at_inference: with ``config.early_exit``, exit early in evaluation (default True);
             set False to evaluate every sequence through every block.
-        last_exit_layers: after an early-exit inference, the exit layer of each sequence ``[B]``.
+        last_exit_layers: after an early-exit inference, the exit layer of each token ``[B, T]``.
+        last_block_tokens: after an early-exit inference, per block the number of tokens whose
+            block computation ran (exited tokens' queries and FFN are skipped).
         layer_dropout_seed: seeds the layer-dropout decisions (with the step), so that every
             data-parallel rank skips the same blocks.
     """
@@ -82,11 +95,13 @@ class ByteLM(nn.Module):
         self.layer_dropout_seed = 0
         self._forwards_this_step = 0
         self.last_exit_layers: Tensor | None = None
+        self.last_block_tokens: list[int] = []
         self.reset_parameters()
 
     def new_gate(self) -> ExitGate:
         """A freshly initialized exit gate for this model's width."""
-        return ExitGate(self.config.d_model, self.config.gate_hidden, self.config.exit_threshold)
+        cfg = self.config
+        return ExitGate(cfg.d_model, cfg.gate_hidden, cfg.exit_threshold, cfg.gate_dropout)
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights; branch output projections scaled by ``1/sqrt(2 L)``."""
@@ -155,20 +170,17 @@ class ByteLM(nn.Module):
         skip = [False] * n
         if self.training and cfg.layer_dropout > 0:
             skip = self._layer_dropout_decisions()
-        weights: list[float] = []
-        if cfg.exit_loss and targets is not None and n > 1:
-            mask = None
-            if self.training:
-                mask = exit_curriculum_mask(
-                    n,
-                    self.step,
-                    cfg.exit_curriculum,
-                    rotation=cfg.exit_rotation,
-                    gradual_steps=cfg.exit_gradual_steps,
-                )
-            weights = exit_loss_weights(n, cfg.exit_loss_weighting, mask)
+        # the task loss scores each token at its sampled exit: every exit's loss is needed
+        routed = (
+            self.training
+            and self.exit_gates is not None
+            and targets is not None
+            and cfg.exit_task_loss != "final"
+        )
+        weights = self._exit_loss_weights(routed) if cfg.exit_loss and targets is not None else []
         probs: list[Tensor] = []
         samples: list[Tensor] = []
+        layer_logits: list[Tensor] = []
         exit_terms: list[Tensor] = []
         dropped = 0
         for layer, block in enumerate(self.blocks, start=1):
@@ -179,29 +191,93 @@ class ByteLM(nn.Module):
             if layer == n:
                 break
             if self.exit_gates is not None:
+                # Detached input: the gate learns from the task loss through its straight-through
+                # sample (which exit scores the token), not through h; so neither routing nor
+                # the choice of exit bends the trunk's features towards firing the gates.
                 p, z = self.exit_gates[layer - 1](h.detach())  # [B, T] each
                 probs.append(p)
                 samples.append(z)
-            if weights and weights[layer - 1] > 0:
-                assert targets is not None
-                exit_terms.append(weights[layer - 1] * _cross_entropy(self.exit_logits(h), targets))
+            wants_exit_loss = bool(weights) and weights[layer - 1] > 0
+            if routed or wants_exit_loss:
+                logits_l = self.exit_logits(h)  # [B, T, V]
+                layer_logits.append(logits_l)
+                if wants_exit_loss:
+                    assert targets is not None
+                    exit_terms.append(weights[layer - 1] * _cross_entropy(logits_l, targets))
         logits = self.exit_logits(h)  # [B, T, V]
         out = ModelOutput(logits=logits)
         if targets is not None:
             out.task_loss = _cross_entropy(logits, targets)
+            if len(weights) == n and weights[-1] > 0:  # routed: the last layer is an exit too
+                exit_terms.append(weights[-1] * out.task_loss)
         if self.exit_gates is not None:
             ones = torch.ones_like(h[..., 0])  # [B, T]: the last layer takes the remaining mass
             gate_probs = torch.stack([*probs, ones], dim=-1)  # [B, T, L]
+            gate_samples = torch.stack([*samples, ones], dim=-1)  # [B, T, L] in {0, 1}
             out.aux_losses["route"] = routing_loss(gate_probs, cfg.exit_target)
             out.metrics["route/expected_exit"] = float(expected_exit(gate_probs.detach()).mean())
-            hard = torch.stack([*samples, ones], dim=-1).detach()  # [B, T, L] in {0, 1}
-            out.metrics["route/sampled_exit"] = float(expected_exit(hard).mean())
+            out.metrics["route/sampled_exit"] = float(expected_exit(gate_samples.detach()).mean())
+            if routed:
+                assert targets is not None and out.task_loss is not None
+                out.metrics["route/final_loss"] = float(out.task_loss.detach())
+                out.task_loss, out.logits = self._routed_loss(
+                    [*layer_logits, logits], targets, gate_probs, gate_samples
+                )
         if cfg.exit_loss and targets is not None:
             zero = logits.new_zeros(())
             out.aux_losses["exit"] = torch.stack(exit_terms).sum() if exit_terms else zero
         if self.training and cfg.layer_dropout > 0:
             out.metrics["model/layers_dropped"] = float(dropped)
         return out
+
+    def _exit_loss_weights(self, routed: bool) -> list[float]:
+        """Weights of the LayerSkip early-exit loss (arXiv 2404.16710) at the current step.
+
+        Without routing the last layer's loss is the task loss, so the exit loss weighs the
+        intermediate exits ``1..L-1``. With the routed task loss (which scores each token at one
+        exit only) the exit loss is LayerSkip's own: every layer ``1..L`` including the last,
+        normalized together, so that every exit, the full depth included, keeps learning to
+        predict whichever tokens the gates route elsewhere. ``[]`` for a one-layer model.
+        """
+        cfg = self.config
+        n = cfg.n_layers
+        if n == 1:
+            return []
+        mask = None
+        if self.training:
+            mask = exit_curriculum_mask(
+                n,
+                self.step,
+                cfg.exit_curriculum,
+                rotation=cfg.exit_rotation,
+                gradual_steps=cfg.exit_gradual_steps,
+            )
+        if routed:
+            return exit_loss_weights(
+                n + 1, cfg.exit_loss_weighting, [*(mask or [True] * (n - 1)), True]
+            )
+        return exit_loss_weights(n, cfg.exit_loss_weighting, mask)
+
+    def _routed_loss(
+        self, layer_logits: list[Tensor], targets: Tensor, gate_probs: Tensor, samples: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The task loss at each token's exit and the logits it scored (see ``routed_task_loss``).
+
+        ``layer_logits``: ``L`` tensors ``[B, T, V]``; ``targets`` ``[B, T]``; gate
+        probabilities and samples ``[B, T, L]``. Returns ``(loss [], logits [B, T, V])``: the
+        logits of each token's realized exit (``"sampled"``) or of the last layer
+        (``"expected"``).
+        """
+        per_layer = torch.stack([_token_ce(lg, targets) for lg in layer_logits], dim=-1)  # [B,T,L]
+        loss, weights = routed_task_loss(
+            per_layer, gate_probs, samples, self.config.exit_task_loss
+        )  # [B, T], [B, T, L]
+        logits = layer_logits[-1]
+        if self.config.exit_task_loss == "sampled":
+            chosen = weights.detach().argmax(dim=-1)  # [B, T] index of the realized exit
+            for index in range(len(layer_logits) - 2, -1, -1):
+                logits = torch.where((chosen == index)[..., None], layer_logits[index], logits)
+        return loss.mean(), logits
 
     def _layer_dropout_decisions(self) -> list[bool]:
         """Which blocks this training forward skips (layer dropout).
@@ -219,46 +295,22 @@ class ByteLM(nn.Module):
         draws = torch.rand(len(rates), generator=gen).tolist()
         return [u < r for u, r in zip(draws, rates, strict=True)]
 
-    def _exit_decision(self, p: Tensor) -> Tensor:  # [b, T] -> [b] bool
-        cfg = self.config
-        if cfg.exit_aggregate == "all":
-            return (p > cfg.exit_threshold).all(dim=-1)
-        if cfg.exit_aggregate == "last":
-            return p[:, -1] > cfg.exit_threshold
-        return p.mean(dim=-1) > cfg.exit_threshold
-
     def _forward_early_exit(
         self, h: Tensor, cos: Tensor, sin: Tensor, targets: Tensor | None
     ) -> ModelOutput:
-        """Per-sequence early exit: exited sequences leave the batch, later blocks skip them."""
-        assert self.exit_gates is not None
-        n = self.config.n_layers
-        b = h.shape[0]
-        active = torch.arange(b, device=h.device)  # [b'] rows of the batch still running
-        final = torch.empty_like(h)  # [B, T, D] hidden state at each sequence's exit
-        exit_layer = torch.full((b,), n, dtype=torch.long, device=h.device)  # [B]
-        for layer, block in enumerate(self.blocks, start=1):
-            h = block(h, cos, sin)  # [b', T, D]
-            if layer == n:
-                break
-            fire = self._exit_decision(self.exit_gates[layer - 1].probability(h))  # [b']
-            if bool(fire.any()):
-                done = active[fire]
-                final[done] = h[fire]
-                exit_layer[done] = layer
-                active, h = active[~fire], h[~fire]
-                if active.numel() == 0:
-                    break
-        if active.numel() > 0:
-            final[active] = h
-        logits = self.exit_logits(final)  # [B, T, V]
+        """Early-exit inference per token or per sequence (``exit_mode``, see exit_inference)."""
+        run = token_exit if self.config.exit_mode == "token" else sequence_exit
+        final, exit_layer, block_tokens = run(self, h, cos, sin)  # [B, T, D], [B, T], [L]
+        logits = self.exit_logits(final)  # [B, T, V]: each token's prediction at its exit
         self.last_exit_layers = exit_layer
+        self.last_block_tokens = block_tokens
         out = ModelOutput(logits=logits)
         if targets is not None:
             out.task_loss = _cross_entropy(logits, targets)
-        mean_exit = float(exit_layer.float().mean())
-        out.metrics["route/exit_layer"] = mean_exit
-        out.metrics["route/compute_frac"] = mean_exit / n
+        out.metrics["route/exit_layer"] = float(exit_layer.float().mean())
+        out.metrics["route/compute_frac"] = sum(block_tokens) / (
+            self.config.n_layers * exit_layer.numel()
+        )
         return out
 
     @torch.no_grad()

@@ -12,6 +12,8 @@ ExitAggregate = Literal["mean", "all", "last"]
 ExitLossWeighting = Literal["layerskip", "linear", "uniform"]
 ExitCurriculum = Literal["none", "rotational", "gradual"]
 LayerDropoutSchedule = Literal["quadratic", "exponential", "uniform"]
+ExitTaskLoss = Literal["sampled", "expected", "final"]
+ExitMode = Literal["token", "sequence"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "ffn": get_args(FFNKind),
@@ -19,6 +21,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "exit_loss_weighting": get_args(ExitLossWeighting),
     "exit_curriculum": get_args(ExitCurriculum),
     "layer_dropout_schedule": get_args(LayerDropoutSchedule),
+    "exit_task_loss": get_args(ExitTaskLoss),
+    "exit_mode": get_args(ExitMode),
 }
 
 
@@ -56,10 +60,21 @@ class ByteLMConfig:
             report ``route/expected_exit``, add the ``"route"`` loss and exit early at inference.
         target_exit_layer: the routing loss target (layers numbered 1..n_layers);
             ``None`` means ``n_layers / 2``.
-        exit_threshold: inference exits when the aggregated gate probability exceeds this.
+        exit_threshold: inference exits a token when its gate probability exceeds this (seed 001);
+            per sequence, when the aggregated probability does.
+        exit_mode: early-exit inference per ``"token"`` (each token leaves at the first gate
+            with ``p > exit_threshold``; later blocks skip its query and FFN compute) or per
+            ``"sequence"`` (a whole sequence leaves the batch, see ``exit_aggregate``).
+        exit_task_loss: what the task loss scores in training with early exit:
+            ``"sampled"`` the prediction at each token's realized exit (Bernoulli gate samples,
+            straight-through, so the task loss trains the gates), ``"expected"`` the expected
+            loss under the exit distribution, ``"final"`` the last layer only (gates then move
+            by the routing loss alone: the ablation).
+        gate_dropout: dropout inside each exit gate's MLP (0.1 in seed 001).
         exit_aggregate: how a sequence's per-token gate probabilities decide its exit at
-            inference: ``"mean"`` (mean probability > threshold), ``"all"`` (every token's
-            probability > threshold) or ``"last"`` (the last token's, for generation).
+            ``"sequence"`` inference: ``"mean"`` (mean probability > threshold), ``"all"``
+            (every token's probability > threshold) or ``"last"`` (the last token's, for
+            generation).
         exit_loss: add the LayerSkip early-exit loss ``"exit"`` (arXiv 2404.16710): the shared
             final norm and head applied after every intermediate block.
         exit_loss_weighting: per-exit weights before normalization: ``"layerskip"``
@@ -93,6 +108,9 @@ class ByteLMConfig:
     early_exit: bool = False
     target_exit_layer: float | None = None
     exit_threshold: float = 0.5
+    exit_mode: ExitMode = "token"
+    exit_task_loss: ExitTaskLoss = "sampled"
+    gate_dropout: float = 0.1
     exit_aggregate: ExitAggregate = "mean"
     exit_loss: bool = False
     exit_loss_weighting: ExitLossWeighting = "layerskip"
@@ -125,7 +143,7 @@ class ByteLMConfig:
         for name in ("rope_base", "norm_eps", "init_std"):
             if not float(getattr(self, name)) > 0:
                 _fail(name, "a positive number", getattr(self, name))
-        for name in ("dropout", "layer_dropout"):
+        for name in ("dropout", "layer_dropout", "gate_dropout"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 _fail(name, "in [0, 1)", getattr(self, name))
         if not 0.0 < float(self.exit_threshold) < 1.0:

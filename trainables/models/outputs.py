@@ -17,8 +17,10 @@ class ModelOutput:
     Terms the model was not configured for are simply absent, so a disabled term costs nothing.
 
     Attributes:
-        logits: final-layer logits, ``[B, T, V]`` for language models, ``[B, C]`` for classifiers.
-        task_loss: mean cross-entropy of the final layer against the targets; ``None`` when no
+        logits: final-layer logits, ``[B, T, V]`` for language models, ``[B, C]`` for classifiers
+            (an early-exit byte LM returns each token's logits at its exit: the sampled one in
+            training with ``exit_task_loss: sampled``, the one its gates chose at inference).
+        task_loss: mean cross-entropy of ``logits`` against the targets; ``None`` when no
             targets were given.
         aux_losses: raw (unweighted) scalar loss terms keyed by their short name (``"route"``,
             ``"exit"``); they keep autograd.

@@ -52,6 +52,7 @@ from .lsq import (
     lsq_quantize,
     lsq_range,
 )
+from .optim import bit_width_parameters, param_groups
 from .packing import CODES_PER_BYTE, pack_ternary, packed_length, unpack_ternary
 from .quantizers import (
     activation_codes,
@@ -66,9 +67,11 @@ from .quantizers import (
 )
 from .registry import LayerContext, Scheme, available_schemes, get_scheme, register_scheme
 from .schedule import (
+    DEFAULT_APPLIES_TO,
     SCHEDULE_KINDS,
     LambdaSchedule,
     apply_lambda_schedule,
+    in_schedule_scope,
     quant_layers,
     set_quant_lambda,
 )
@@ -83,6 +86,7 @@ from .swap import QuantRecipe, apply_recipe, convert, dequantize, prepare, quant
 
 __all__ = [
     "CODES_PER_BYTE",
+    "DEFAULT_APPLIES_TO",
     "SCHEDULE_KINDS",
     "ActivationCapture",
     "AdaptiveBitLinear",
@@ -117,6 +121,7 @@ __all__ = [
     "bin_reg_loss",
     "bin_reg_terms",
     "bin_regularization",
+    "bit_width_parameters",
     "blend",
     "blend_activation",
     "blend_ternary",
@@ -135,6 +140,7 @@ __all__ = [
     "hadamard_factors",
     "hadamard_matrix",
     "hadamard_transform",
+    "in_schedule_scope",
     "initialize_step_sizes",
     "load_packed_checkpoint",
     "load_packed_into",
@@ -144,6 +150,7 @@ __all__ = [
     "lsq_range",
     "pack_ternary",
     "packed_length",
+    "param_groups",
     "prepare",
     "quant_layers",
     "quant_recipe",

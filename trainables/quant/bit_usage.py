@@ -107,6 +107,13 @@ class BitBalancedCrossEntropy(nn.Module):
 
     def bit_penalty(self) -> Tensor:
         """``weight * total_bits`` (divided by the trainable parameter count when normalizing)."""
+        return self.weight * self.bits()
+
+    def bits(self) -> Tensor:
+        """The unweighted bit term: total bits, or bits per trainable parameter when normalizing.
+
+        Differentiable in the bit-widths (0-d float32, on the model's device).
+        """
         model = self.model
         if model is None:
             raise RuntimeError(
@@ -116,19 +123,33 @@ class BitBalancedCrossEntropy(nn.Module):
         total = compute_total_bit_usage(model)
         if self.normalize:
             total = total / max(count_trainable_parameters(model), 1)
-        return self.weight * total
+        return total
+
+    def combine(self, ce: Tensor) -> Tensor:
+        """``ce + weight * bits``: the bit-balanced loss from an already computed cross-entropy.
+
+        For a trainer whose model computes its own task cross-entropy (a language model, early
+        exit); :meth:`forward` is this applied to ``F.cross_entropy(logits, targets)``. Keeps the
+        unweighted terms, detached, in ``last_terms`` (``ce``, ``bits``, ``bit_penalty``).
+        """
+        bits = self.bits()
+        penalty = self.weight * bits
+        self.last_terms = {
+            "ce": ce.detach(),
+            "bits": bits.detach(),
+            "bit_penalty": penalty.detach(),
+        }
+        return ce + penalty.to(ce.dtype)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """``logits``: [..., C]; ``targets``: [...] class indices. Returns a 0-d loss."""
-        penalty = self.bit_penalty()
         ce = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
         )
-        self.last_terms = {"ce": ce.detach(), "bit_penalty": penalty.detach()}
-        return ce + penalty.to(ce.dtype)
+        return self.combine(ce)
 
     def extra_repr(self) -> str:
         return f"bit_loss_weight={self.weight:g}, bit_loss_normalize={self.normalize}"

@@ -1,9 +1,11 @@
 """BitLinear (BitNet b1.58) and H-BitLinear (BitNet v2) as ``nn.Linear`` drop-ins.
 
 BitLinear: absmean ternary weights and 8-bit per-token absmax activations (arXiv 2402.17764), with
-an optional RMSNorm on the input. H-BitLinear (arXiv 2504.18415) applies a normalized Hadamard
-transform to the activations before quantizing them and stores its weights transformed to match
-(``W' = W H``), so with quantization off it computes exactly what the original Linear did.
+an optional RMSNorm on the input. H-BitLinear (arXiv 2504.18415; seed 001's "Hadamard transform +
+LayerNorm + quantization") applies a normalized Hadamard transform to the activations, then the
+optional norm, then the quantizer, and stores its weights transformed to match (``W' = W H``), so
+with quantization off (and the norm's gain at its initial ones) it computes exactly what the
+original Linear did.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class BitLinear(QuantLayer, nn.Linear):
         return w
 
     def transform_input(self, x: Tensor) -> Tensor:
-        """Input normalization (and, in subclasses, the Hadamard transform) before quantization."""
+        """What precedes the quantizer: the input norm (H-BitLinear: the Hadamard transform, then
+        the norm)."""
         return self.norm(x) if self.norm is not None else x
 
     def input_block(self) -> int | None:
@@ -84,11 +87,12 @@ class BitLinear(QuantLayer, nn.Linear):
         if lam == 1.0 and fused and not torch.is_autocast_enabled(x.device.type):
             if self.record_quant_error:
                 self.recorded_quant_error = self.quantization_error()
+            block = self.input_block()
             if self.norm is not None:
-                x = self.norm(x)
-            return _QuantLinear.apply(
-                x, self.weight, self.bias, self.input_block(), self.act_bits, self.eps
-            )
+                # the norm sits between the Hadamard transform and the quantizer: the fused node
+                # then only quantizes (autograd differentiates the transform and the norm)
+                x, block = self.transform_input(x), None
+            return _QuantLinear.apply(x, self.weight, self.bias, block, self.act_bits, self.eps)
         x = self.transform_input(x)
         if lam == 0.0:
             return F.linear(x, self.weight, self.bias)
@@ -145,9 +149,13 @@ class BitLinear(QuantLayer, nn.Linear):
 class HBitLinear(BitLinear):
     """BitLinear preceded by a normalized (block-diagonal) Hadamard transform of its input.
 
-    The stored weight is ``W H`` (rows transformed), so ``F.linear(H x, W H) == F.linear(x, W)``
-    when quantization is off. ``block_size`` caps the Hadamard block; by default it is the largest
-    power of two dividing ``in_features`` (at least 8, else a ValueError names the size).
+    The order is seed 001's (BitSkip's H-BitLinear, BitNet v2): Hadamard transform, then the
+    input norm (with ``input_norm``: an RMSNorm whose statistics and gain act on the transformed
+    activations), then the activation quantizer. The stored weight is ``W H`` (rows transformed),
+    so ``F.linear(H x, W H) == F.linear(x, W)`` when quantization is off (an RMSNorm's root mean
+    square is the same before and after the orthonormal transform, so at its initial unit gain
+    the norm commutes with it). ``block_size`` caps the Hadamard block; by default it is the
+    largest power of two dividing ``in_features`` (at least 8, else a ValueError names the size).
     """
 
     scheme_name = "hadamard"
@@ -190,7 +198,8 @@ class HBitLinear(BitLinear):
         return fwht(w, self.block_size)  # H is its own inverse
 
     def transform_input(self, x: Tensor) -> Tensor:
-        return hadamard_transform(super().transform_input(x), self.block_size)
+        """The Hadamard transform, then the input norm (seed 001's order)."""
+        return super().transform_input(hadamard_transform(x, self.block_size))
 
     def input_block(self) -> int | None:
         """The Hadamard block applied to the input."""
@@ -359,10 +368,10 @@ class TernaryLinear(nn.Module):
         return make()
 
     def forward(self, x: Tensor) -> Tensor:  # x: [..., in] -> [..., out]
+        if self.hadamard_block is not None:  # H-BitLinear: Hadamard, then the norm
+            x = hadamard_transform(x, self.hadamard_block)
         if self.norm is not None:
             x = self.norm(x)
-        if self.hadamard_block is not None:
-            x = hadamard_transform(x, self.hadamard_block)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.matmul == "int8":
             return self._int8_forward(x, bias)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +26,24 @@ class LayerContext:
 
 # build(module, context, options) -> replacement module, or None to leave the module as it is
 BuildFn = Callable[[nn.Module, LayerContext, Any], "nn.Module | None"]
+# check(names, options): raise ValueError when the layers a model offers do not suit the options
+CheckFn = Callable[[Sequence[str], Any], None]
 
 
 @dataclass(frozen=True)
 class Scheme:
-    """A quantization scheme: its options dataclass and how it replaces one layer."""
+    """A quantization scheme: its options dataclass and how it replaces one layer.
+
+    ``check``, when given, sees the qualified names of the layers ``prepare`` is about to
+    quantize (the whole model, not a grown part) and raises a ValueError for options that make
+    no sense on them (for example a Hadamard placement that selects no layer).
+    """
 
     name: str
     description: str
     options_type: type
     build: BuildFn
+    check: CheckFn | None = None
 
     def make_options(self, options: Mapping[str, Any]) -> Any:
         """Validate ``options`` into the scheme's options dataclass, naming any unknown key."""

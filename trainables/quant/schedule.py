@@ -1,7 +1,9 @@
 """Gradual quantization: the lam schedules of "Fine-tuning LLMs to 1.58bit" (Hugging Face, 2024).
 
 ``lam`` rises from 0 (full precision) to 1 (fully quantized) over the first ``warmup_frac`` of the
-training steps, then stays at 1. Kinds, with ``t = min(step / warmup_steps, 1)``:
+training steps, then stays at 1. The blend reaches the layers of the schemes in ``applies_to``
+(default: the ternary ones); the others quantize fully from the first step. Kinds, with
+``t = min(step / warmup_steps, 1)``:
 
 * ``linear``: ``lam = t`` (the best in the blog post);
 * ``exponential``: ``lam = 1 - (1 - t)^k``;
@@ -13,6 +15,7 @@ training steps, then stays at 1. Kinds, with ``t = min(step / warmup_steps, 1)``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,10 +97,46 @@ def set_quant_lambda(model: nn.Module, lam: float, *, eval_lambda: float | None 
     return len(layers)
 
 
+# The lam blend is a BitNet device ("Fine-tuning LLMs to 1.58bit"): by default it reaches the
+# ternary layers only. LSQ's stage 1 is pure LSQ (seed 002) and a learned bit-width is quantized
+# from the start (seed 000), so those layers quantize fully unless a schedule names them.
+DEFAULT_APPLIES_TO: tuple[str, ...] = ("ternary", "hadamard")
+
+
+def in_schedule_scope(layer: QuantLayer, applies_to: Sequence[str]) -> bool:
+    """Whether the lam schedule reaches ``layer``: ``"all"`` or its ``scheme_name`` is listed.
+
+    (A ``hadamard`` model's projections outside ``hadamard_layers`` are ``ternary`` layers.)
+    """
+    return "all" in applies_to or layer.scheme_name in applies_to
+
+
 def apply_lambda_schedule(
-    model: nn.Module, schedule: LambdaSchedule, step: int, total_steps: int
+    model: nn.Module,
+    schedule: LambdaSchedule,
+    step: int,
+    total_steps: int,
+    *,
+    applies_to: Sequence[str] = DEFAULT_APPLIES_TO,
 ) -> float:
-    """Set every quantized layer's lam from ``schedule`` at ``step``; returns that lam."""
+    """Set lam from ``schedule`` at ``step`` on the layers in scope; the others get lam = 1.
+
+    Args:
+        applies_to: scheme names of the layers the blend reaches (``schedule.applies_to``), or
+            ``("all",)``; every other quantized layer quantizes fully at every step.
+
+    Returns:
+        The lam the scoped layers got; 1.0 when the model's quantized layers are all out of scope
+        (what they train at); the schedule's value when the model has no quantized layer.
+    """
     lam = schedule.at(step, total_steps)
-    set_quant_lambda(model, lam)
+    layers = quant_layers(model)
+    scoped = 0
+    for layer in layers:
+        inside = in_schedule_scope(layer, applies_to)
+        scoped += inside
+        layer.set_quant_lambda(lam if inside else 1.0)
+        layer.eval_lambda = 1.0
+    if layers and not scoped:
+        return 1.0
     return lam

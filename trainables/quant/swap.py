@@ -92,6 +92,8 @@ def prepare(
         (name, m) for name, m in candidates if name not in excluded and not _matches(name, exclude)
     ]
     first, last = candidates[0][0] if candidates else "", candidates[-1][0] if candidates else ""
+    if spec.check is not None:
+        spec.check([name for name, _ in chosen], opts)
     for name, module in chosen:
         context = LayerContext(name, is_first=name == first, is_last=name == last)
         new = spec.build(module, context, opts)

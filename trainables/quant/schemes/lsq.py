@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -27,15 +28,24 @@ class LSQOptions:
             ``prepare`` already keeps in full precision unless ``keep_head=False``): ``"8bit"``
             (8-bit weights and activations, the LSQ paper's choice), ``"fp"`` (full precision) or
             ``"same"`` (the bits above).
+        layer_bits: per-layer weight bits ``{qualified layer name: bits}`` for mixed precision
+            (a searched per-layer space, issue 15); layers not named use ``weight_bits``. It
+            overrides the first/last policy's weight bits for the layers it names. Pairs
+            ``[[name, bits], ...]`` are accepted too (the run config's flat form).
     """
 
     weight_bits: int = 4
     act_bits: int | None = 4
     act_signed: Signedness = "auto"
     first_last: FirstLastPolicy = "8bit"
+    layer_bits: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
+        if self.layer_bits is not None:
+            object.__setattr__(self, "layer_bits", layer_bits_mapping(self.layer_bits))
+            for name, bits in self.layer_bits.items():
+                check_bits(bits, f"layer_bits[{name}]")
         if self.act_bits is not None:
             check_bits(self.act_bits, "act_bits")
         if self.act_signed not in (True, False, "auto"):
@@ -47,15 +57,32 @@ class LSQOptions:
             )
 
 
+def layer_bits_mapping(value: Any) -> dict[str, int]:
+    """``{name: bits}`` from a mapping or from ``[[name, bits], ...]`` pairs."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    return {str(name): int(bits) for name, bits in pairs}
+
+
+def _check(names: Sequence[str], options: LSQOptions) -> None:
+    unknown = sorted(set(options.layer_bits or {}) - set(names))
+    if unknown:
+        raise ValueError(
+            f"layer_bits names layer(s) {', '.join(unknown)} that the model does not quantize; "
+            f"its quantized layers: {', '.join(names)}"
+        )
+
+
 def _build(
     module: nn.Module, context: LayerContext, options: LSQOptions
 ) -> LSQLinear | LSQConv2d | None:
     weight_bits, act_bits = options.weight_bits, options.act_bits
     if context.is_first or context.is_last:
-        if options.first_last == "fp":
+        if options.first_last == "fp" and context.name not in (options.layer_bits or {}):
             return None
         if options.first_last == "8bit":
             weight_bits, act_bits = 8, None if act_bits is None else 8
+    if options.layer_bits and context.name in options.layer_bits:
+        weight_bits = options.layer_bits[context.name]
     settings = {"weight_bits": weight_bits, "act_bits": act_bits, "act_signed": options.act_signed}
     if isinstance(module, nn.Linear):
         return LSQLinear.from_linear(module, **settings)
@@ -70,5 +97,6 @@ SCHEME = register_scheme(
         "LSQ: learned step size quantization of weights and activations (2..8 bits)",
         LSQOptions,
         _build,
+        check=_check,
     )
 )
