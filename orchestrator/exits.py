@@ -106,9 +106,22 @@ def close_open_runs(
 
 
 def close_abandoned(tracker: Any) -> int:
-    """After a complete fit: end child runs still RUNNING (trials Tune never saved) as KILLED."""
+    """After a complete fit: end child runs still RUNNING (trials Tune never saved) as KILLED.
+
+    Trials this driver ran that are still open were ended by Tune without ``on_trial_complete``
+    (a stopper's stop-all: ``search.time_budget_s``, ``search.stop_at``): they end as the tracker
+    ends any trial, ``stopped_early`` when they stopped before ``train.steps``.
+    """
     if tracker is None:
         return 0
+    from orchestrator.tracking import RUNNING
+
+    for trial_id, record in list(getattr(tracker, "_trials", {}).items()):
+        if record.status == RUNNING:
+            try:
+                tracker.trial_finished(trial_id, stopped_early=tracker._short(record))
+            except Exception as err:  # closing is best effort on the way out
+                log.warning("could not close trial %s's run: %s", trial_id, err)
     reason = "its trial was not in Tune's saved state when the sweep resumed (driver killed)"
     return close_open_runs(tracker, run_status="KILLED", tag=ABANDONED, error=reason, parent=False)
 

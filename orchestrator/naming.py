@@ -74,6 +74,7 @@ def mark_trial_state(
     Writes only (``update_run``, ``set_tag``), so a buffered client queues them in an outage.
     """
     if status == "stopped_early":
+        step = max(step, 0)  # a trial stopped before its first report trained 0 steps
         of = f"/{planned}" if planned is not None else ""
         label = f"stopped early @ {step}{of}"
         note = f"Stopped early by the scheduler or a stop condition at step {step}{of}."

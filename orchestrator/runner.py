@@ -414,6 +414,11 @@ def run_sweep(
             raise SweepInterruptedError(spec.name, spec.storage.path)
         write_buffer.settle(experiment_dir(spec), sync_hint(spec))  # no summary from a gap
         exits.close_abandoned(tracker)
+        if spec.search.algorithm == "optuna" and "://" not in spec.storage_path:
+            from orchestrator.search import prune_running
+
+            # trials a stopper ended got no on_trial_complete: stopped early, as in MLflow
+            prune_running(Path(path) / STUDY_FILE, spec.sweep_id or spec.name)
         return _summarize(spec, tracker, results, path)
     except BaseException as err:
         exits.close_on_error(tracker, err)  # no run stays RUNNING, whatever ended the driver

@@ -14,6 +14,7 @@ successive halving assumes. It also carries the study's pruner for
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -176,3 +177,24 @@ class StudySearch(ReadableStudy, ReconcilingOptunaSearch):
         self._reported.pop(trial_id, None)
         self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+def prune_running(db: Path, study_name: str) -> list[int]:
+    """After a complete sweep: tell PRUNED every study trial still RUNNING.
+
+    Tune ends the running trials of a sweep a stopper stopped (``search.time_budget_s``,
+    ``search.stop_at``) without ``on_trial_complete``; they stopped early, with the history they
+    reported. Returns their trial numbers.
+    """
+    if not db.is_file():
+        return []
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return []
+    pruned = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(frozen._trial_id, TrialState.PRUNED)
+        pruned.append(frozen.number)
+    return pruned
