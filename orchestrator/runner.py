@@ -354,8 +354,9 @@ def run_sweep(
     lock = locking.acquire(experiment_dir(spec), spec.name)  # a second driver is refused here
     exits.quiet_trial_failures(verbose)
     cleanup.stop_orphans(experiment_dir(spec))  # Ray processes a killed driver left behind
-    restore_signals, tracker = exits.install_sigterm(), None
     started = connect_ray(address, verbose=verbose)
+    # after ray.init: Ray's core worker installs a C++ SIGTERM handler that aborts the driver
+    restore_signals, tracker = exits.install_sigterm(), None
     if started:
         cleanup.record_ray_processes(experiment_dir(spec))
     try:
