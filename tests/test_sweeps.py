@@ -27,7 +27,9 @@ TINY: dict[str, list[str]] = {
     "demo": [*LM_TINY, "train.steps=8", "train.eval_every=4", "search.num_samples=2"],
     "bitnet-lm": [*LM_TINY, "model.n_layers=2", "train.steps=8", "train.eval_every=4",
                   "search.space.schedule.lambda_warmup_frac=null",
-                  "search.space.model.rmsnorm_post_attn=null"],
+                  "search.space.model.rmsnorm_post_attn=null",
+                  "search.space.scenario.values=[{label: BitLinear, set: {quant.scheme: ternary}},"
+                  " {label: H-BitLinear, set: {quant.scheme: hadamard}}]"],
     "br-ablation": [*VISION_TINY, "train.steps=8", "train.eval_every=4",
                     "search.space.train.seed.values=[0]",
                     "search.space.scenario.values=[{label: W-only, set: {loss.lambda_br: 1.0}}, "
@@ -76,7 +78,10 @@ def test_every_preset_runs_tiny(
         assert child.info.status == "FINISHED"
         assert child.data.tags["bitsweep.status"] in ("finished", "stopped_early")
         searched = spec.search.space.get("quant.scheme")
-        schemes = searched.values if searched else [spec.run.quant.scheme]
+        schemes = list(searched.values) if searched else [spec.run.quant.scheme]
+        scenario = spec.search.space.get("scenario")
+        schemes += [v["set"]["quant.scheme"] for v in (scenario.values if scenario else [])
+                    if "quant.scheme" in v["set"]]  # fmt: skip
         assert child.data.params["quant.scheme"] in schemes
         history = client.get_metric_history(child.info.run_id, "val/loss")
         assert [m.step for m in history][:2] == [4, 8]
