@@ -111,7 +111,14 @@ def _interrupted(spec: Any) -> int:
     sweep = spec.sweep_id or spec.name
     hint = f"{command_path('bitsweep')} resume {sweep} --storage {spec.storage.path}"
     print(f"\ninterrupted; finished trials are kept. Continue with: {hint}")
-    return EXIT_INTERRUPTED
+    return _interrupted_code()
+
+
+def _interrupted_code() -> int:
+    """130 for Ctrl+C, 143 when a SIGTERM asked this driver to stop (a scheduler's or `kill`)."""
+    from orchestrator.exits import received_sigterm
+
+    return EXIT_TERMINATED if received_sigterm() else EXIT_INTERRUPTED
 
 
 RUN_USAGE = """usage: bitsweep run SPEC|PRESET [KEY=VALUE ...] [--name NAME] [--verbose]
@@ -492,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_code()
     except Exception as err:  # the sweep itself failed: say so without a traceback wall
         from orchestrator.runner import SweepFailedError
 

@@ -181,6 +181,8 @@ def one_line(err: BaseException) -> str:
     A full disk anywhere in the chain (``ENOSPC``, sqlite's "database or disk is full") is named
     as such, with the file when the error carries it.
     """
+    if isinstance(err, StorageFullError):  # already one line naming the sweep's folder
+        return str(err)
     full = storage_full(err)
     if full:
         return full
@@ -205,7 +207,8 @@ def storage_full(err: BaseException) -> str | None:
             if not where:
                 import re
 
-                found = re.search(r"(/[^\s'\":]+)", text)
+                # a path, not the tail of a URL such as sqlalchemy's https://sqlalche.me/e/...
+                found = re.search(r"(?<![:/\w])(/[^\s'\":)]+)", text)
                 where = found.group(1) if found else "the storage"
             return (
                 f"no space left on device writing {where}: free space there or set storage.path "

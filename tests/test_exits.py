@@ -49,6 +49,23 @@ def test_one_line_and_full_disk() -> None:
     assert line.startswith("no space left on device writing /data/sweeps/demo-1/optuna.db")
 
 
+def test_a_full_sqlite_store_is_named_by_the_sweep_folder_not_a_url() -> None:
+    """sqlite says "database or disk is full" and sqlalchemy appends https://sqlalche.me/...:
+    the line names the sweep's folder (or the storage), never the URL's tail."""
+    cause = RuntimeError(
+        "(sqlite3.OperationalError) database or disk is full\n"
+        "(Background on this error at: https://sqlalche.me/e/21/e3q8)"
+    )
+    assert "sqlalche" not in exits.one_line(cause)
+    with pytest.raises(exits.StorageFullError) as caught:
+        try:
+            raise cause
+        except RuntimeError as err:
+            exits.raise_if_full(err, "/data/sweeps/demo-1")
+    line = exits.one_line(caught.value)
+    assert line.startswith("no space left on device under /data/sweeps/demo-1: free space")
+
+
 def test_open_runs_are_closed_with_their_real_status(tmp_path: Path) -> None:
     tracker = SweepTracker("demo", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracker.start()
