@@ -14,12 +14,17 @@ Several objectives: the ``mixed-precision`` preset (per-layer bits of LSQ on dig
 total bits) with random search, MO-TPE and MO-TPE + the Pareto-rank ASHA; the figure is the steps
 each needs to reach the hypervolume random search has at its end (same seed).
 
-Run: ``python -m benchmarks.bench_search [--quick] [--seeds N] [--samples N]``.
+Run: ``python -m benchmarks.bench_search [--quick] [--seeds N] [--samples N] [--fresh]``. Each
+finished sweep's report stream is kept in ``results/bench_search_runs/`` under a hash of what
+defines it (preset, search block, run overrides, steps), so an interrupted benchmark continues
+where it stopped and a protocol change reruns only what it changes; ``--fresh`` ignores them.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -98,6 +103,26 @@ def sweep(root: Path, preset: str, name: str, search: dict[str, Any], run: dict[
     return build_sweep(document, name=name)
 
 
+RUNS = Path(__file__).resolve().parent / "results" / "bench_search_runs"
+REUSE = {"enabled": True, "reused": 0, "ran": 0}
+
+
+def cached_search(name: str, key: dict[str, Any], spec: Any, metrics: list[str]) -> dict:
+    """:func:`run_search` of ``spec``, or the kept result of the same sweep (same ``key``)."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = RUNS / f"{name}-{digest}.json"
+    if REUSE["enabled"] and path.exists():
+        REUSE["reused"] += 1
+        return json.loads(path.read_text())["result"]
+    result = run_search(spec, metrics)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}))
+    tmp.replace(path)  # a kill mid-write leaves no half result to reuse
+    REUSE["ran"] += 1
+    return result
+
+
 def run_search(spec: Any, metrics: list[str]) -> dict[str, Any]:
     """Run one sweep; its report stream, steps and wall time."""
     from orchestrator.runner import run_sweep
@@ -125,7 +150,10 @@ def single_objective(root: Path, task: str, seeds: list[int], samples: int,
                       "metric": t["metric"], "mode": t["mode"], "space": t["space"]}  # fmt: skip
             spec = sweep(root, t["preset"], f"{task}-{method}-s{seed}", search, t["run"], steps,
                          every)  # fmt: skip
-            runs[method][seed] = run_search(spec, [t["metric"]])
+            key = {"preset": t["preset"], "search": search, "run": t["run"], "steps": steps,
+                   "every": every}  # fmt: skip
+            runs[method][seed] = cached_search(f"{task}-{method}-s{seed}", key, spec,
+                                               [t["metric"]])  # fmt: skip
             print(f"{task} seed {seed} {method}: {runs[method][seed]['total_steps']} steps, "
                   f"{runs[method][seed]['wall_s']:.0f} s", flush=True)  # fmt: skip
     draws = [v for r in runs["random"].values()
@@ -161,7 +189,9 @@ def multi_objective(root: Path, seeds: list[int], samples: int, steps: int | Non
                       "objectives": objectives, "space": space}  # fmt: skip
             spec = sweep(root, "mixed-precision", f"mo-{method}-s{seed}", search, {}, steps,
                          min(20, steps))  # fmt: skip
-            result = run_search(spec, [m for m, _ in MO_OBJECTIVES])
+            key = {"preset": "mixed-precision", "search": search, "steps": steps}
+            result = cached_search(f"mo-{method}-s{seed}", key, spec,
+                                   [m for m, _ in MO_OBJECTIVES])  # fmt: skip
             curve = hypervolume_curve(result["stream"], MO_OBJECTIVES, reference)
             curves[method][seed] = {"curve": curve, "total_steps": result["total_steps"]}
             print(f"mixed-precision seed {seed} {method}: hypervolume {curve[-1][1]:.0f}, "
@@ -216,6 +246,10 @@ def markdown(p: dict[str, Any]) -> str:
     lines += [f"Targets: at least {TARGET_RATIO:.0f}x fewer steps than random on both "
               "single-objective tasks; random's final hypervolume in at most a third of its "
               "steps.", ""]  # fmt: skip
+    if p.get("sweeps_reused"):
+        lines += [f"{p['sweeps_reused']} of {p['sweeps_reused'] + p['sweeps_run']} sweeps were "
+                  "kept from an earlier, interrupted run of the same protocol "
+                  "(`benchmarks/results/bench_search_runs/`).", ""]  # fmt: skip
     if p["quick"]:
         lines += ["_A `--quick` smoke run: too small to compare methods._", ""]
     return "\n".join(lines)
@@ -229,7 +263,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-objective part")
+    parser.add_argument("--fresh", action="store_true", help="rerun sweeps kept from earlier runs")
     args = parser.parse_args()
+    REUSE["enabled"] = not (args.fresh or args.quick)
     seeds = [0] if args.quick else list(range(args.seeds))
     samples = 4 if args.quick else args.samples
     steps = 40 if args.quick else None
@@ -248,7 +284,8 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     payload = {"quick": args.quick, "seeds": seeds, "samples": samples, "single": single,
-               "multi": multi, "methods": METHODS, "mo_methods": MO_METHODS}  # fmt: skip
+               "multi": multi, "methods": METHODS, "mo_methods": MO_METHODS,
+               "sweeps_reused": REUSE["reused"], "sweeps_run": REUSE["ran"]}  # fmt: skip
     payload["markdown"] = markdown(payload)
     path = write_result("bench_search", payload)
     print(payload["markdown"])
