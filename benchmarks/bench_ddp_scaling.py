@@ -63,9 +63,12 @@ def fit(config: dict[str, Any], workers: int, cpus: int, storage: Path, name: st
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from trainables.trial_settings import TrialSettings, worker_config
+
+    settings = TrialSettings(workers_per_trial=workers, strategy="ddp", cpus_per_worker=cpus)
     trainer = TorchTrainer(
         trial_probes.probed_train_fn_per_worker,
-        train_loop_config={"run_config": config, "strategy": "ddp"},
+        train_loop_config=worker_config(config, settings),
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=name, storage_path=str(storage)),
     )

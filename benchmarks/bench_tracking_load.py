@@ -2,9 +2,10 @@
 
 Drives a real :class:`orchestrator.tracking.SweepTracker` (with the on-disk write buffer, as a
 sweep's driver does) through ``--trials`` synthetic trials of ``--steps`` results each, the way
-:class:`orchestrator.tracking.MLflowTuneCallback` would, against a ``mlflow server`` this script
-starts on 127.0.0.1 (and stops by its process group). Reports the writes per second sustained,
-the time per trial, the driver's RSS growth over the trials, and checks that every step arrived.
+:class:`orchestrator.tune_callbacks.MLflowTuneCallback` would, against a ``mlflow server`` this
+script starts on 127.0.0.1 (and stops by its process group). Reports the writes per second
+sustained, the time per trial, the driver's RSS growth over the trials, and checks that every
+step arrived.
 No Ray, no training: this isolates what tracking costs the driver. The full 200-trial sweep of
 tiny trials (issue 17 "Load") is ``bitsweep run demo search.num_samples=200 ...``.
 

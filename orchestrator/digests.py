@@ -30,6 +30,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.errors import UserError
 from orchestrator.locking import bitsweep_home
 
 DIGESTS_FILE = "bitsweep_digests.json"
@@ -38,7 +39,7 @@ TRUST_ENV = "BITSWEEP_TRUST_STORAGE"
 KEEP = 6  # digests kept per file name (a copy to the storage may lag a snapshot or two)
 
 
-class TamperedStateError(RuntimeError):
+class TamperedStateError(UserError, RuntimeError):
     """A file ``resume`` would unpickle does not match what the sweep's driver recorded."""
 
 

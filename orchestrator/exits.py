@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-log = logging.getLogger(__name__)
+# bitsweep.status of a run whose driver stopped before it ended / whose trial Tune never saved
+from orchestrator.run_layout import ABANDONED, INTERRUPTED
 
-INTERRUPTED = "interrupted"  # bitsweep.status of a run whose driver stopped before it ended
-ABANDONED = "abandoned"  # bitsweep.status of a run whose trial Tune never saved (killed driver)
+log = logging.getLogger(__name__)
 
 
 class _State:
@@ -79,7 +79,7 @@ def close_open_runs(
     ``error`` is kept as ``bitsweep.error``. Returns how many child runs were closed. MLflow
     failures are logged, never raised: this runs on the way out of an error already.
     """
-    from mlflow.entities import RunTag
+    from orchestrator.run_layout import write_status
 
     closed = 0
     try:
@@ -88,18 +88,10 @@ def close_open_runs(
         for run in tracker._children():
             if run.info.status != "RUNNING":
                 continue
-            tags = [RunTag("bitsweep.status", tag)]
-            if error:
-                tags.append(RunTag("bitsweep.error", error[:8000]))
-            client.log_batch(run.info.run_id, tags=tags)
-            client.set_terminated(run.info.run_id, status=run_status)
+            write_status(client, run.info.run_id, tag, run_status=run_status, error=error)
             closed += 1
         if parent and tracker.parent_run_id:
-            tags = [RunTag("bitsweep.status", tag)]
-            if error:
-                tags.append(RunTag("bitsweep.error", error[:8000]))
-            client.log_batch(tracker.parent_run_id, tags=tags)
-            client.set_terminated(tracker.parent_run_id, status=run_status)
+            write_status(client, tracker.parent_run_id, tag, run_status=run_status, error=error)
     except Exception as err:
         log.warning("could not close the sweep's open MLflow runs: %s", err)
     return closed
@@ -114,12 +106,12 @@ def close_abandoned(tracker: Any) -> int:
     """
     if tracker is None:
         return 0
-    from orchestrator.tracking import RUNNING
+    from orchestrator.run_layout import RUNNING
 
     for trial_id, record in list(getattr(tracker, "_trials", {}).items()):
         if record.status == RUNNING:
             try:
-                tracker.trial_finished(trial_id, stopped_early=tracker._short(record))
+                tracker.trial_finished(trial_id, stopped_early=record.short())
             except Exception as err:  # closing is best effort on the way out
                 log.warning("could not close trial %s's run: %s", trial_id, err)
     reason = "its trial was not in Tune's saved state when the sweep resumed (driver killed)"
@@ -167,7 +159,7 @@ def quiet_trial_failures(verbose: bool) -> None:
 
 def failure_line(trial: Any) -> str:
     """``trial <id> failed: <reason> (details: <trial folder>/error.txt)``: one line."""
-    from orchestrator.tracking import trial_error_reason
+    from orchestrator.tune_callbacks import trial_error_reason
 
     reason, _ = trial_error_reason(trial)
     where = getattr(trial, "path", None)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import EXIT_OK, UserError
+from orchestrator.errors import EXIT_OK, UserError
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 PACKED_ARTIFACT = "model/packed"
@@ -30,7 +30,7 @@ def download_packed(run_id: str, destination: Path, tracking_uri: str | None = N
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking_uri import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)

@@ -27,7 +27,7 @@ def compare_fronts(
     """Each labelled trial table's trials (faint) and Pareto front (a line), two objectives.
 
     ``tables``: ``{label: trial table}``, e.g. ``{"bit-budget (gradient)": ..., "mixed-precision
-    (search)": ...}`` from :func:`orchestrator.results.load_sweep`'s ``.trials``.
+    (search)": ...}`` from :func:`orchestrator.results.load_sweep_results`'s ``.trials``.
     """
     if len(objectives) != 2:
         raise ValueError(f"compare_fronts draws 2 objectives, got {len(objectives)}")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import NoSavedSweepError
+
 SPEC_FILE = "bitsweep_sweep.yaml"  # the same file runner.save_spec writes
 
 
@@ -82,7 +84,7 @@ def resolve_saved(name_or_id: str, storage: str) -> str:
     """The folder of the sweep ``name_or_id`` under ``storage``: an exact id (or, for sweeps
     made before ids, folder name) first, else the newest sweep of that name.
 
-    Raises FileNotFoundError naming what exists when there is none.
+    Raises NoSavedSweepError (a FileNotFoundError) naming what exists when there is none.
     """
     location = _location(storage)
     sweeps = saved_sweeps(storage)
@@ -93,7 +95,7 @@ def resolve_saved(name_or_id: str, storage: str) -> str:
         if sweep.name == name_or_id:
             return sweep.folder
     listed = ", ".join(f"{s.sweep_id} ({s.name})" for s in sweeps[:10]) or "none"
-    raise FileNotFoundError(
+    raise NoSavedSweepError(
         f"no sweep named {name_or_id!r} under {location} (sweeps there: {listed}); pass "
         "--storage with the sweep's storage.path, or see `bitsweep list`"
     )
@@ -107,11 +109,10 @@ def list_sweeps(tracking_uri: str | None, experiment: str) -> list[dict[str, Any
 
     from mlflow import MlflowClient
 
-    from orchestrator.results import _check_store
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking_uri import check_readable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    _check_store(uri)
+    check_readable(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

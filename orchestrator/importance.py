@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .run_layout import FINISHED, STOPPED_EARLY, completed
+
 MIN_TRIALS = 3
 
 
 def _finished(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    rows = table[table["status"] == "finished"] if "status" in table else table
+    rows = table[table["status"] == FINISHED] if "status" in table else table
     values = pd.to_numeric(rows.get(metric), errors="coerce") if metric in rows else None
     if values is None:
         return rows.iloc[0:0]
@@ -117,7 +119,7 @@ def parallel_coordinates(
     """One line per non-failed trial across the searched keys and the metric, colored by the
     metric (darker is better); each axis is scaled to its own range, text values to their
     sorted order. Stopped-early trials are dashed."""
-    rows = table[table["status"] != "failed"] if "status" in table else table
+    rows = completed(table)
     columns = [k for k in keys if k in rows] + [metric]
     if metric not in rows or len(rows) == 0:
         raise ValueError(f"no trial reported {metric!r}")
@@ -149,10 +151,10 @@ def parallel_coordinates(
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis_r"]
-    statuses = list(rows["status"]) if "status" in rows else ["finished"] * len(rows)
+    statuses = list(rows["status"]) if "status" in rows else [FINISHED] * len(rows)
     for i in range(len(rows)):
         color = cmap(0.5 if math.isnan(goodness[i]) else float(goodness[i]))
-        style = "--" if statuses[i] == "stopped_early" else "-"
+        style = "--" if statuses[i] == STOPPED_EARLY else "-"
         ax.plot(range(len(columns)), scaled[i], style, color=color, alpha=0.8, linewidth=1.4)
     for j, (positions, labels) in enumerate(ticks):
         ax.axvline(j, color="0.6", linewidth=0.8)

@@ -2,10 +2,10 @@
 
 ``submit`` validates the sweep here, refuses tracking or storage locations the cluster cannot
 reach, and sends a job whose ``runtime_env`` carries the resolved sweep file (and, on request,
-the project's packages). The entrypoint runs ``orchestrator.cli run`` with the interpreter Ray
-itself runs on at the cluster (the job supervisor's executable), so it does not depend on
-whatever ``python`` comes first on the head's PATH. The token is read the way Ray reads it and
-sent as a bearer header; an authentication failure says so and how to provide the token.
+the project's packages). The entrypoint runs ``orchestrator.cli run`` with the interpreter of the
+Python environment Ray itself runs from at the cluster (see :func:`entrypoint`), so it does not
+depend on whatever ``python`` comes first on the head's PATH. The token is read the way Ray
+reads it and sent as a bearer header; an authentication failure says so and how to provide it.
 """
 
 from __future__ import annotations
@@ -22,25 +22,36 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from orchestrator.errors import UserError
 from orchestrator.spec import SweepSpec
 
 SWEEP_FILE = "sweep.yaml"
 PACKAGES = ("orchestrator", "trainables", "search_spaces")
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-# The entrypoint runs bitsweep with the first interpreter that can import it: BITSWEEP_PYTHON from
-# the cluster's environment (cluster/local exports the one its ray runs on), the job supervisor's
-# own executable (/bin/sh's parent: a Python of the cluster's Ray installation), then python3;
-# never just whatever comes first on the head's PATH.
-ENTRYPOINT = (
-    'for p in "${{BITSWEEP_PYTHON:-}}" "$(readlink -f /proc/$PPID/exe 2>/dev/null)" python3; do '
-    '[ -n "$p" ] && "$p" -c "import orchestrator" 2>/dev/null && exec "$p" -m orchestrator.cli '
-    'run {sweep}; done; echo "bitsweep: no Python on this node can import bitsweep: install it '
-    'there, submit with --ship-project, or set BITSWEEP_PYTHON" >&2; exit 127'
+# The job supervisor (/bin/sh's parent) is a Ray worker: its /proc/PID/cmdline reads
+# "ray::JobSupervisor" (Ray retitles its workers) and /proc/PID/exe is the base interpreter a
+# virtualenv's bin/python links to, which cannot import the virtualenv's packages. The Ray it
+# runs is mapped from <prefix>/lib/pythonX.Y/site-packages/ray/_raylet.so, and <prefix>/bin
+# holds the interpreter of that environment (a virtualenv's own bin/python, activated or not).
+RAY_ENV_PYTHON = (
+    'r=$(grep -o -m1 "/[^ ]*/ray/_raylet[.]so" /proc/$PPID/maps 2>/dev/null); '
+    'v=${r%/lib*/python*/*-packages/ray/_raylet.so}; [ "$v" = "$r" ] && v=; '
+)
+# The candidates, first that imports bitsweep wins: BITSWEEP_PYTHON from the cluster's
+# environment (cluster/local exports the one its ray runs on), the Python of the environment Ray
+# runs from, the supervisor's executable, then python3; never just the first on the head's PATH.
+CANDIDATES = (
+    '"${BITSWEEP_PYTHON:-}" "${v:+$v/bin/python3}" "${v:+$v/bin/python}" '
+    '"$(readlink -f /proc/$PPID/exe 2>/dev/null)" python3'
+)
+NO_PYTHON = (
+    "bitsweep: no Python on this node can import bitsweep: install it there, submit with "
+    "--ship-project, or set BITSWEEP_PYTHON"
 )
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-class JobError(Exception):
+class JobError(UserError):
     """A job-control problem the user can fix (address, token, tracking); exit code 2."""
 
 
@@ -176,6 +187,20 @@ def cluster_ready_spec(spec: SweepSpec, connection: Connection) -> SweepSpec:
     return build_sweep(spec.to_document(), name=spec.name, preset=spec.preset, overrides=updates)
 
 
+def entrypoint(args: list[str], python: str | None = None) -> str:
+    """The job's shell command: ``python -m orchestrator.cli ARGS`` with ``python`` when given
+    (``submit --python``), else with the first interpreter on the cluster that imports bitsweep
+    (:data:`CANDIDATES`), or a one-line error and exit code 127 when none does."""
+    command = " ".join(shlex.quote(a) for a in ["-m", "orchestrator.cli", *args])
+    if python:
+        return f"{shlex.quote(python)} {command}"
+    return (
+        f"{RAY_ENV_PYTHON}for p in {CANDIDATES}; do "
+        f'[ -n "$p" ] && "$p" -c "import orchestrator" 2>/dev/null && exec "$p" {command}; done; '
+        f"echo {shlex.quote(NO_PYTHON)} >&2; exit 127"
+    )
+
+
 def submit(
     spec: SweepSpec,
     *,
@@ -195,13 +220,9 @@ def submit(
         if ship_project:
             root = Path(__file__).resolve().parent.parent
             runtime_env["py_modules"] = [str(root / package) for package in PACKAGES]
-        if python:
-            entrypoint = f"{shlex.quote(python)} -m orchestrator.cli run {SWEEP_FILE}"
-        else:
-            entrypoint = ENTRYPOINT.format(sweep=SWEEP_FILE)
         with _explicit_address():
             submission_id = jobs.submit_job(
-                entrypoint=entrypoint,
+                entrypoint=entrypoint(["run", SWEEP_FILE], python),
                 runtime_env=runtime_env,
                 submission_id=job_id,
                 metadata={"bitsweep.sweep": spec.name},

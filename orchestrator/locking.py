@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import UserError
+
 LOCK_FILE = "bitsweep.lock"
 HOME_ENV = "BITSWEEP_HOME"  # where bitsweep keeps machine-local state (default ~/.bitsweep)
 
 
-class SweepLockedError(RuntimeError):
+class SweepLockedError(UserError, RuntimeError):
     """Another live process holds the sweep's lock; the message names its pid and host."""
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from orchestrator.errors import UserError
+
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-class StateFileError(RuntimeError):
+class StateFileError(UserError, RuntimeError):
     """A file of a sweep's saved state is unusable; the message names it and the way out."""
 
 

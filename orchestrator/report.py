@@ -20,9 +20,9 @@ import pandas as pd
 
 from . import plots
 from .analysis import matrices_from_table
-from .cli import UserError
-from .results import SweepResults, load_sweep
-from .tracking import FAILED
+from .errors import UserError
+from .results import SweepResults, load_sweep_results
+from .run_layout import BEST_PREFIX, FAILED, TAG_STATUS
 
 MAX_ROWS = 30  # trial rows printed; the full table is in MLflow and SweepResults.trials
 MAX_FAILED = 10
@@ -93,7 +93,7 @@ class _Report:
         objectives = ", ".join(f"{m} ({mode})" for m, mode in r.objectives) or "none"
         self.say(f"sweep {r.name}: parent run {r.parent_run_id}")
         self.say(f"tracking {r.tracking_uri}, experiment {r.experiment!r}")
-        self.say(f"status {r.tags.get('bitsweep.status', '?')}; {len(r.trials)} trials: {statuses}")
+        self.say(f"status {r.tags.get(TAG_STATUS, '?')}; {len(r.trials)} trials: {statuses}")
         self.say(f"objectives: {objectives}")
 
     def trials(self) -> None:
@@ -178,7 +178,7 @@ class _Report:
                 continue
             self.say(f"\nbest {metric}: {_fmt(float(row[metric]))} "
                      f"(trial {row['trial_id']}, run {row['run_id']})")  # fmt: skip
-            best_seen = row.get(f"best/{metric}")
+            best_seen = row.get(f"{BEST_PREFIX}{metric}")
             if best_seen is not None and not pd.isna(best_seen):
                 self.say(f"  best over its history: {_fmt(float(best_seen))}")
             for key in r.searched_keys():
@@ -256,7 +256,7 @@ def print_report(
     ``TrackingUnreachableError`` for a store that is missing or a server that does not answer,
     and :class:`ReportError` when ``out_dir`` cannot be created (the CLI exits 2 on each).
     """
-    results = load_sweep(sweep, tracking_uri=tracking_uri, experiment=experiment)
+    results = load_sweep_results(sweep, tracking_uri=tracking_uri, experiment=experiment)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

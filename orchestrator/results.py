@@ -1,29 +1,22 @@
 """Read a sweep back from MLflow for analysis: the trial table, metric histories, Pareto fronts and
 ablation matrices. What notebooks and ``bitsweep report`` use.
 
-``load_sweep("br-ablation")`` finds the sweep's parent run (tag ``bitsweep.sweep``, the newest if
-the name ran several times) or takes a parent run id, then reads its child runs into a
-:class:`SweepResults`. The run layout is the one :mod:`orchestrator.tracking` writes; the same
-code reads a local sqlite/file store and an MLflow server.
+``load_sweep_results("br-ablation")`` finds the sweep's parent run (tag ``bitsweep.sweep``, the
+newest if the name ran several times) or takes a parent run id, then reads its child runs into a
+:class:`SweepResults`. The run layout is :mod:`orchestrator.run_layout`, which
+:mod:`orchestrator.tracking` writes; the same code reads a local sqlite/file store and an MLflow
+server. Imports neither Ray nor torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
-import logging
-import math
 import os
-import re
-import tempfile
 import urllib.parse
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -35,35 +28,28 @@ from .analysis import (
     matrices_from_table,
     pareto_front,
 )
-from .cli import UserError
+from .errors import UserError
+from .run_layout import (
+    BEST_PREFIX,
+    DEFAULT_EXPERIMENT,
+    FAILED,
+    TABLE_KEYS,
+    TAG_OBJECTIVES,
+    TAG_SWEEP,
+    SweepLookupError,
+    best_value,
+    child_runs,
+    completed,
+    decode_objectives,
+    find_sweep_parent,
+    is_metric,
+    metric_histories,
+    trial_table,
+)
+from .sweep_artifacts import ParentArtifacts, arrow_safe
+from .tracking_uri import check_readable, resolve_tracking_uri
 
-# orchestrator.tracking imports Ray, which in a notebook without ipywidgets logs a hint and makes
-# tqdm warn about it: noise in the first cell of every analysis notebook, so both are hushed.
-logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="IProgress not found")
-    from .tracking import (
-        DEFAULT_EXPERIMENT,
-        FAILED,
-        RUNNING,
-        TABLE_KEYS,
-        TrackingUnreachableError,
-        _local_store_path,
-        check_reachable,
-        decode_param,
-        encode_param,
-        resolve_tracking_uri,
-    )
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.entities import Run
-
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 HISTORY_COLUMNS = ["trial_id", "run_id", "metric", "step", "value"]
-BEST_PREFIX = "best/"
-# Keys of search_space.json (the sweep's ``search`` block) that are not searched keys.
-SEARCH_FIELDS = {"algorithm", "num_samples", "metric", "mode", "objectives", "scheduler", "seed"}
 
 
 class ResultsError(UserError, ValueError):
@@ -72,115 +58,6 @@ class ResultsError(UserError, ValueError):
 
 class SweepNotFoundError(ResultsError):
     """No sweep of that name, and no parent run with that id, in the tracking store."""
-
-
-@contextlib.contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    """MLflow draws a progress bar per download; in a report or notebook that is noise."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def _check_store(uri: str) -> None:
-    """Reading must not create an empty store: a local one has to exist; a server must answer."""
-    path = _local_store_path(uri)
-    if path is None:
-        check_reachable(uri)
-    elif not path.exists():
-        where = "" if path.is_absolute() else f" in the working directory {Path.cwd()}"
-        raise TrackingUnreachableError(
-            f"MLflow store {uri} does not exist ({path} not found{where}): run a sweep first, "
-            "or pass the tracking URI the sweep logged to (--tracking-uri, MLFLOW_TRACKING_URI "
-            "or a notebook's BITSWEEP_TRACKING_URI; sqlite:////abs/path/mlflow.db)"
-        )
-
-
-def _get_run(client: MlflowClient, run_id: str) -> Run | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        return None
-
-
-def _sweep_names(client: MlflowClient, experiment_id: str) -> list[str]:
-    runs = client.search_runs([experiment_id], "tags.`bitsweep.role` = 'sweep'", max_results=1000)
-    return sorted({r.data.tags.get("bitsweep.sweep", r.info.run_id) for r in runs})
-
-
-def _find_parent(client: MlflowClient, uri: str, experiment: str, sweep: str) -> Run:
-    """The parent run of ``sweep`` (a name, newest first, or a parent run id)."""
-    found = client.get_experiment_by_name(experiment)
-    quoted = any(q in sweep for q in "'\"`\\")  # cannot be a sweep name; would break the filter
-    if found is not None and sweep and not quoted:
-        for tag in ("bitsweep.sweep_id", "bitsweep.sweep"):  # an exact sweep id, else the name
-            runs = client.search_runs(
-                [found.experiment_id],
-                f"tags.`{tag}` = '{sweep}' and tags.`bitsweep.role` = 'sweep'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if runs:
-                return runs[0]
-    if RUN_ID.match(sweep):
-        run = _get_run(client, sweep)
-        if run is not None:
-            tags = run.data.tags
-            if tags.get("bitsweep.role") == "sweep":
-                return run
-            if tags.get("bitsweep.role") == "trial":
-                raise SweepNotFoundError(
-                    f"run {sweep} is trial {tags.get('bitsweep.trial_id')} of sweep "
-                    f"{tags.get('bitsweep.sweep')!r}; pass the sweep's name or its parent run id "
-                    f"{tags.get('mlflow.parentRunId')}"
-                )
-            raise SweepNotFoundError(f"run {sweep} at {uri} is not a bitsweep sweep's parent run")
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise SweepNotFoundError(
-            f"no sweep {sweep!r} at {uri}: experiment {experiment!r} does not exist (experiments "
-            f"there: {', '.join(names) or 'none'}); pass --experiment / experiment="
-        )
-    names = _sweep_names(client, found.experiment_id)
-    listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-    raise SweepNotFoundError(
-        f"no sweep named {sweep!r} (and no parent run with that id) in experiment "
-        f"{experiment!r} at {uri}; sweeps there: {listed or 'none'}"
-    )
-
-
-def _children(client: MlflowClient, parent: Run) -> list[Run]:
-    """Every trial run of the parent (all pages), ordered by trial id."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(r for r in page if "bitsweep.trial_id" in r.data.tags)
-        token = page.token
-        if not token:
-            return sorted(runs, key=lambda r: r.data.tags["bitsweep.trial_id"])
-
-
-def _as_text(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return encode_param(value.tolist() if hasattr(value, "tolist") else value)
 
 
 @dataclass(eq=False)  # holds DataFrames and a client: identity is the only sensible equality
@@ -220,33 +97,22 @@ class SweepResults:
     @property
     def metrics(self) -> list[str]:
         """The metric names of the trial table (final values), ``best/`` columns excluded."""
-        return [
-            c
-            for c in self.trials.columns
-            if ("/" in c or c == "step") and not c.startswith(BEST_PREFIX)
-        ]
+        return [c for c in self.trials.columns if is_metric(c) and not c.startswith(BEST_PREFIX)]
 
     @property
     def params(self) -> list[str]:
         """The param (dotted config key) columns of the trial table."""
         skip = set(TABLE_KEYS)
-        return [c for c in self.trials.columns if c not in skip and "/" not in c and c != "step"]
+        return [c for c in self.trials.columns if c not in skip and not is_metric(c)]
 
     def completed_trials(self) -> pd.DataFrame:
         """The trials that did not fail (finished or stopped early, or still running)."""
-        return self.trials[self.trials["status"] != FAILED]
+        return completed(self.trials)
 
     def to_arrow(self) -> pa.Table:
         """The trial table as a pyarrow Table; a param mixing types (``"auto"`` and ``true``)
         becomes text, as MLflow shows it."""
-        table = self.trials.copy()
-        for column in table.columns:
-            if pd.api.types.is_object_dtype(table[column]):
-                try:
-                    pa.array(table[column], from_pandas=True)
-                except (TypeError, ValueError, pa.ArrowException):
-                    table[column] = table[column].map(_as_text)
-        return pa.Table.from_pandas(table, preserve_index=False)
+        return pa.Table.from_pandas(arrow_safe(self.trials), preserve_index=False)
 
     def summary(self) -> pd.DataFrame:
         """A compact trial table: ids, status, the searched keys, objectives (final and best),
@@ -333,20 +199,8 @@ class SweepResults:
     def _fetch(self, todo: Sequence[tuple[str, str]]) -> None:
         """Fill the history cache for (run id, metric) pairs, in parallel against a server."""
         todo = [key for key in dict.fromkeys(todo) if key not in self._history]
-        if not todo:
-            return
-
-        def one(key: tuple[str, str]) -> list[tuple[int, float]]:
-            points = self._client.get_metric_history(*key)
-            return sorted(((int(m.step), float(m.value)) for m in points), key=lambda p: p[0])
-
         remote = urllib.parse.urlparse(self.tracking_uri).scheme in ("http", "https")
-        if remote and len(todo) > 1:  # one request per pair: overlap their round trips
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                results = list(pool.map(one, todo))
-        else:
-            results = [one(key) for key in todo]
-        self._history.update(zip(todo, results, strict=True))
+        self._history.update(metric_histories(self._client, todo, parallel=remote))
 
     # ---- analysis -------------------------------------------------------------------------------
 
@@ -428,111 +282,42 @@ class SweepResults:
         cells = self.ablation_cells(rows, cols, value, at_step=at_step)
         return matrices_from_table(cells, rows, cols, value)[2]
 
-    # ---- the parent's artifacts -----------------------------------------------------------------
+    # ---- the parent's artifacts (orchestrator.sweep_artifacts) ---------------------------------
+
+    @property
+    def files(self) -> ParentArtifacts:
+        """The parent run's artifacts, read back (texts cached on this object)."""
+        return ParentArtifacts(self._client, self.parent_run_id, self._artifacts)
 
     def artifact_paths(self, folder: str = "") -> list[str]:
         """The parent run's artifact paths in ``folder`` (not recursive)."""
-        return [f.path for f in self._client.list_artifacts(self.parent_run_id, folder or None)]
+        return self.files.paths(folder)
 
     def download_artifact(self, path: str, dst: str | Path) -> Path:
         """Download one parent artifact (file or folder) into ``dst``; returns the local path."""
-        Path(dst).mkdir(parents=True, exist_ok=True)
-        with _quiet_downloads():
-            return Path(self._client.download_artifacts(self.parent_run_id, path, str(dst)))
-
-    def _artifact_text(self, path: str) -> str | None:
-        if path not in self._artifacts:
-            folder = path.rsplit("/", 1)[0] if "/" in path else ""
-            text = None
-            if path in self.artifact_paths(folder):
-                with tempfile.TemporaryDirectory(prefix="bitsweep-results-") as tmp:
-                    text = self.download_artifact(path, tmp).read_text()
-            self._artifacts[path] = text
-        return self._artifacts[path]
+        return self.files.download(path, dst)
 
     def spec(self) -> dict[str, Any] | None:
         """The resolved sweep file (the parent's ``sweep.yaml``) as a dict, if it was logged."""
-        import yaml
-
-        text = self._artifact_text("sweep.yaml")
-        document = yaml.safe_load(text) if text else None
-        return document if isinstance(document, dict) else None
+        return self.files.spec()
 
     def ablation_specs(self) -> list[dict[str, Any]]:
         """The sweep file's ``ablation`` list: ``name``, ``rows``, ``cols``, ``value`` each."""
-        entries = (self.spec() or {}).get("ablation") or []
-        specs = []
-        for entry in entries:
-            if isinstance(entry, Mapping) and entry.get("rows") and entry.get("value"):
-                name = entry.get("name") or f"{entry['value']}_by_{entry['rows']}"
-                specs.append({"name": str(name), "rows": entry["rows"],
-                              "cols": entry.get("cols"), "value": entry["value"],
-                              "at_step": entry.get("at_step")})  # fmt: skip
-        return specs
+        return self.files.ablation_specs()
 
     def stored_ablations(self) -> dict[str, pd.DataFrame]:
         """The ``ablation/<name>_cells.parquet`` tables the sweep wrote at its end, by name."""
-        paths = [p for p in self.artifact_paths("ablation") if p.endswith("_cells.parquet")]
-        tables = {}
-        with tempfile.TemporaryDirectory(prefix="bitsweep-results-") as tmp:
-            for path in paths:
-                name = path.rsplit("/", 1)[-1].removesuffix("_cells.parquet")
-                tables[name] = pd.read_parquet(self.download_artifact(path, tmp))
-        return tables
+        return self.files.stored_ablations()
 
     def searched_keys(self) -> list[str]:
         """The keys the sweep searched (its ``search_space.json``, else its ``sweep.yaml``)."""
-        text = self._artifact_text("search_space.json")
-        document: Any = json.loads(text) if text else None
-        if document is None:
-            document = (self.spec() or {}).get("search")
-        if not isinstance(document, Mapping):
-            return []
-        space = document.get("space")
-        if isinstance(space, Mapping):
-            return [str(k) for k in space]
-        return [str(k) for k in document if k not in SEARCH_FIELDS]
+        return self.files.searched_keys()
 
 
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
-
-
-def _trial_row(run: Run) -> dict[str, Any]:
-    tags = run.data.tags
-    return {
-        "trial_id": tags["bitsweep.trial_id"],
-        "run_id": run.info.run_id,
-        "status": tags.get("bitsweep.status", RUNNING),
-        "error": tags.get("bitsweep.error"),
-        **{k: decode_param(v) for k, v in run.data.params.items()},
-        **run.data.metrics,
-    }
-
-
-def _trial_frame(children: Sequence[Run], objectives: Sequence[Objective]) -> pd.DataFrame:
-    rows = [_trial_row(run) for run in children]
-    params = sorted({k for run in children for k in run.data.params})
-    metrics = sorted({k for run in children for k in run.data.metrics})
-    columns = [*TABLE_KEYS, *params, *metrics]
-    frame = pd.DataFrame(rows, columns=columns)
-    # object, not pandas' string dtype: a trial without an error reads None rather than NaN
-    frame["error"] = pd.Series([row["error"] for row in rows], index=frame.index, dtype=object)
-    for name in metrics:
-        frame[name] = frame[name].astype("float64")
-    for name, _ in objectives:
-        frame[f"{BEST_PREFIX}{name}"] = math.nan
-    return frame
-
-
-def _objectives(tags: Mapping[str, str]) -> list[Objective]:
-    try:
-        raw = json.loads(tags.get("bitsweep.objectives") or "[]")
-        return [(str(m), "max" if mode == "max" else "min") for m, mode in raw]
-    except (TypeError, ValueError):
-        return []
 
 
 def find_store(start: str | Path | None = None, levels: int = 3) -> str:
@@ -551,7 +336,7 @@ def find_store(start: str | Path | None = None, levels: int = 3) -> str:
     return "sqlite:///mlflow.db"
 
 
-def load_sweep(
+def load_sweep_results(
     sweep: str, *, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
 ) -> SweepResults:
     """Load a sweep by name (newest parent of that name in ``experiment``) or parent run id.
@@ -563,15 +348,20 @@ def load_sweep(
     from mlflow import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
-    _check_store(uri)
+    check_readable(uri)
     client = MlflowClient(uri)
-    parent = _find_parent(client, uri, experiment, str(sweep).strip())
+    try:
+        parent = find_sweep_parent(client, uri, experiment, str(sweep).strip())
+    except SweepLookupError as err:
+        raise SweepNotFoundError(str(err)) from None
     tags = dict(parent.data.tags)
-    objectives = _objectives(tags)
-    trials = _trial_frame(_children(client, parent), objectives)
+    objectives = decode_objectives(tags.get(TAG_OBJECTIVES))
+    trials = trial_table(
+        child_runs(client, parent.info.experiment_id, parent.info.run_id), objectives
+    )
     results = SweepResults(
         parent_run_id=parent.info.run_id,
-        name=tags.get("bitsweep.sweep") or parent.info.run_name or parent.info.run_id,
+        name=tags.get(TAG_SWEEP) or parent.info.run_name or parent.info.run_id,
         objectives=objectives,
         trials=trials,
         tracking_uri=uri,
@@ -589,8 +379,8 @@ def _fill_best(results: SweepResults) -> None:
     present = [(m, mode) for m, mode in results.objectives if m in table]
     results._fetch([(run_id, m) for run_id in table["run_id"] for m, _ in present])
     for metric, mode in present:
-        best = []
-        for run_id in table["run_id"]:
-            values = [v for _, v in results._history[(run_id, metric)] if not math.isnan(v)]
-            best.append((min(values) if mode == "min" else max(values)) if values else math.nan)
+        best = [
+            best_value([v for _, v in results._history[(run_id, metric)]], mode)
+            for run_id in table["run_id"]
+        ]
         table[f"{BEST_PREFIX}{metric}"] = pd.Series(best, index=table.index, dtype="float64")

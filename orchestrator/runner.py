@@ -16,14 +16,11 @@ from typing import IO, Any
 
 import pandas as pd
 
+from orchestrator.errors import NoSavedSweepError
 from orchestrator.spec import SweepSpec, build_sweep
-from orchestrator.trials import (
-    SCENARIOS_KEY,
-    TRIAL_SETTINGS_KEY,
-    distributed_trial,
-    single_process_trial,
-)
-from search_spaces.tune_space import RUN_CONFIG_KEY, SCENARIO_KEY, is_scenario, param_space
+from orchestrator.trials import distributed_trial, single_process_trial
+from orchestrator.tune_space import param_space
+from trainables.trial_settings import RUN_CONFIG_KEY, TRIAL_SETTINGS_KEY, TrialSettings
 
 SPEC_FILE = "bitsweep_sweep.yaml"
 STUDY_FILE = "optuna.db"
@@ -126,7 +123,7 @@ def load_saved_spec(name: str, storage: str) -> SweepSpec:
         with filesystem.open_input_stream(path) as stream:
             document = yaml.safe_load(stream.read().decode())
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise NoSavedSweepError(
             f"no sweep named {name!r} under {location} (looked for {path}); pass --storage "
             "with the sweep's storage.path"
         ) from None
@@ -145,6 +142,10 @@ def quiet_libraries(verbose: bool) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # the CLI names each failed trial in one line and the sweep's failure in another
+        logging.getLogger("ray.tune.tune").addFilter(
+            lambda record: not record.getMessage().startswith("Trials did not complete")
+        )
 
 
 def connect_ray(address: str | None, *, verbose: bool) -> bool:
@@ -261,18 +262,14 @@ def _param_space(spec: SweepSpec, layers: Any = None) -> dict[str, Any]:
     res = spec.resources
     names = layers.names if layers is not None else ()
     space = param_space(spec.run.to_flat(), spec.search.space, names)
-    scenario = spec.search.space.get(SCENARIO_KEY)
-    if scenario is not None and is_scenario(scenario):
-        space[SCENARIOS_KEY] = {str(v["label"]): dict(v["set"]) for v in scenario.values}
-    space[TRIAL_SETTINGS_KEY] = {
-        "workers_per_trial": res.workers_per_trial,
-        "strategy": res.strategy,
-        "cpus_per_worker": res.cpus_per_worker,
-        "gpus_per_worker": res.gpus_per_worker,
-        "train_storage": f"{experiment_dir(spec)}/train",
-        "checkpoint_every": None,
-        "max_failures": res.max_failures,
-    }
+    space[TRIAL_SETTINGS_KEY] = TrialSettings(
+        workers_per_trial=res.workers_per_trial,
+        strategy=res.strategy,
+        cpus_per_worker=res.cpus_per_worker,
+        gpus_per_worker=res.gpus_per_worker,
+        train_storage=f"{experiment_dir(spec)}/train",
+        max_failures=res.max_failures,
+    )
     return space
 
 
@@ -302,7 +299,7 @@ def _trial_name(trial: Any) -> str:
 
 def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[Any]:
     from orchestrator.progress import ProgressView
-    from orchestrator.tracking import MLflowTuneCallback
+    from orchestrator.tune_callbacks import MLflowTuneCallback
 
     first = spec.search.objective_list[0]
     from orchestrator.digests import DigestRecorder
@@ -338,7 +335,8 @@ def run_sweep(
     from orchestrator.identity import with_new_id
     from orchestrator.resources import check_resources
     from orchestrator.stopping import sweep_stopper
-    from orchestrator.tracking import SweepTracker, check_reachable
+    from orchestrator.tracking import SweepTracker
+    from orchestrator.tracking_uri import check_reachable
 
     quiet_libraries(verbose)
     if not resume and spec.sweep_id is None:

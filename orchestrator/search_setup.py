@@ -147,7 +147,7 @@ def pbt_mutations(spec: SweepSpec, run_config_key: str) -> dict[str, Any]:
     Continuous keys are multiplied by 0.8 or 1.2 (or resampled); a choice or grid key, as a
     list, moves to a neighbouring value (Tune's PBT rules).
     """
-    from search_spaces.tune_space import domain
+    from orchestrator.tune_space import domain
 
     search = spec.search
     numeric = [k for k, d in search.space.items() if d.dist in ("uniform", "loguniform", "int")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,15 +26,19 @@ from pydantic import (
     model_validator,
 )
 
-from search_spaces.tune_space import SCENARIO_KEY, is_scenario
+from orchestrator import space_overrides
+from orchestrator.tune_space import SCENARIO_KEY, is_scenario
+from trainables import metric_names
 from trainables.config import (
     ConfigError,
     RunConfig,
     describe_validation_error,
     flatten,
+    section_fields,
     unflatten,
     unknown_key_message,
 )
+from trainables.quant_config import retarget_document
 
 # every section of the run config (a section added there is a sweep key at once: resume reads it)
 RUN_SECTIONS = tuple(RunConfig.model_fields)
@@ -97,7 +101,7 @@ class Distribution(_Block):
         return [self.low, self.high]
 
 
-class Objective(_Block):
+class ObjectiveSpec(_Block):
     """A metric to optimize and its direction."""
 
     metric: str
@@ -148,7 +152,7 @@ class SearchSpec(_Block):
     num_samples: int = Field(4, ge=1, le=100_000)
     metric: str | None = None
     mode: Literal["min", "max"] | None = None
-    objectives: list[Objective] | None = None
+    objectives: list[ObjectiveSpec] | None = None
     scheduler: SchedulerSpec = SchedulerSpec()
     sampler: SamplerSpec = SamplerSpec()
     seed: int = Field(0, ge=0)
@@ -179,11 +183,11 @@ class SearchSpec(_Block):
         return self
 
     @property
-    def objective_list(self) -> list[Objective]:
+    def objective_list(self) -> list[ObjectiveSpec]:
         """The objectives, single-metric sweeps included (a list of one)."""
         if self.objectives:
             return list(self.objectives)
-        return [Objective(metric=self.metric or "", mode=self.mode or "min")]
+        return [ObjectiveSpec(metric=self.metric or "", mode=self.mode or "min")]
 
 
 def _scheduler_problems(search: SearchSpec) -> Iterable[str]:
@@ -353,19 +357,24 @@ SPACE_PREFIX = "search.space."
 DIST_FIELDS = ("dist", "low", "high", "step", "values")
 
 
-def _apply_space_override(space: dict[str, Any], key: str, value: Any) -> None:
+def _apply_space_override(
+    space: dict[str, Any], key: str, value: Any, pinned: Iterable[str] = ()
+) -> None:
     """``search.space.K=MAPPING`` sets K's distribution, ``=null`` drops it, ``K.low=V`` edits it"""
     rest = key[len(SPACE_PREFIX) :]
     head, _, field = rest.rpartition(".")
     if field in DIST_FIELDS and head in space:
         space[head] = {**dict(space[head]), field: value}
     elif value is None:
-        space.pop(rest, None)
+        space_overrides.drop(space, rest, pinned)
     else:
         space[rest] = value
 
 
-def _apply_overrides(document: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def _apply_overrides(
+    document: dict[str, Any], overrides: Mapping[str, Any], notes: list[str] | None = None
+) -> dict[str, Any]:
+    """Apply dotted overrides; one of a searched key pins it (a line in ``notes`` says so)."""
     document = dict(document)
     search = dict(document.get("search") or {})
     # search.space keys are dotted run-config keys themselves: keep them out of the flattening
@@ -373,22 +382,38 @@ def _apply_overrides(document: dict[str, Any], overrides: Mapping[str, Any]) -> 
     document["search"] = search
     flat = flatten(document)
     candidates = set(flat) | {f"{s}.{f}" for s, f in _all_section_fields()}
+    notes = notes if notes is not None else []
+    searched, pinned = bool(space), set[str]()
     for key, value in overrides.items():
-        if key.startswith(SPACE_PREFIX):
-            _apply_space_override(space, key, value)
-            continue
-        if key not in candidates:
-            raise SweepSpecError([(key, unknown_key_message(key, candidates))])
+        try:
+            if key == SPACE_PREFIX.rstrip("."):  # search.space={} empties it
+                space = space_overrides.whole_space(value)
+                continue
+            if key.startswith(SPACE_PREFIX):
+                _apply_space_override(space, key, value, pinned)
+                continue
+            if key not in candidates:
+                raise SweepSpecError([(key, unknown_key_message(key, candidates))])
+            note = space_overrides.pin(space, key, value)  # a searched key: fixed, not searched
+        except ConfigError as err:
+            raise SweepSpecError(err.problems) from None
+        if note:
+            notes.append(note)
+            pinned.add(key)
         flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
         flat[key] = value
+    samples = flat.get("search.num_samples", SearchSpec.model_fields["num_samples"].default)
+    note = space_overrides.empty_space_note(samples) if searched and not space else None
+    notes.extend([note] if note else [])
     result = unflatten(flat)
+    retarget_document(document, result, overrides)  # quant.scheme=X: drop what X does not take
     result.setdefault("search", {})["space"] = space
     return result
 
 
 def _all_section_fields() -> Iterable[tuple[str, str]]:
     for section in RUN_SECTIONS:
-        for field in RunConfig.model_fields[section].annotation.model_fields:
+        for field in section_fields(section):  # quant: the keys of every registered scheme
             yield section, field
     for name, block in (("search", SearchSpec), ("resources", ResourcesSpec),
                         ("storage", StorageSpec), ("tracking", TrackingSpec)):  # fmt: skip
@@ -406,8 +431,13 @@ def build_sweep(
     name: str | None = None,
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> SweepSpec:
-    """Validate a sweep document (parsed YAML) with overrides into a :class:`SweepSpec`."""
+    """Validate a sweep document (parsed YAML) with overrides into a :class:`SweepSpec`.
+
+    ``notify`` gets one line per override that changed the search (a pinned searched key, an
+    emptied space), before validation.
+    """
     if not isinstance(document, Mapping):
         raise SweepSpecError([("", "a sweep file must be a YAML mapping of sections")])
     problems: list[tuple[str, str]] = []
@@ -416,7 +446,12 @@ def build_sweep(
     for key in document:
         if key not in known:
             problems.append((key, unknown_key_message(key, known)))
-    doc = _apply_overrides({k: v for k, v in document.items() if k in known}, overrides or {})
+    notes: list[str] = []
+    doc = _apply_overrides(
+        {k: v for k, v in document.items() if k in known}, overrides or {}, notes
+    )
+    for note in notes if notify is not None else []:
+        notify(note)
     run_doc = {k: doc[k] for k in RUN_SECTIONS if k in doc}
     run: RunConfig | None = None
     try:
@@ -475,8 +510,21 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def load_sweep(source: str, overrides: Sequence[str] = ()) -> SweepSpec:
-    """A sweep from a YAML file path or a preset name, with ``KEY=VALUE`` overrides."""
+def print_note(line: str) -> None:
+    """Print a note about the resolved sweep on stderr (the CLI's one-line notices)."""
+    import sys
+
+    print(f"bitsweep: {line}", file=sys.stderr)
+
+
+def load_sweep(
+    source: str, overrides: Sequence[str] = (), notify: Callable[[str], None] | None = print_note
+) -> SweepSpec:
+    """A sweep from a YAML file path or a preset name, with ``KEY=VALUE`` overrides.
+
+    An override of a searched key pins it (see ``orchestrator.space_overrides``); ``notify``
+    (default: a line on stderr) hears of each such change.
+    """
     from search_spaces import load_preset_text, preset_names
 
     path = Path(source)
@@ -500,10 +548,17 @@ def load_sweep(source: str, overrides: Sequence[str] = ()) -> SweepSpec:
             ]
         )
     try:
-        document = yaml.safe_load(text) or {}
+        document = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SweepSpecError([("", f"{source} is not valid YAML: {err}")]) from None
-    return build_sweep(document, name=name, preset=preset, overrides=parse_overrides(overrides))
+    if document is None:  # an empty file, or comments only: say so, not "search: give metric"
+        raise SweepSpecError(
+            [("", f"sweep file {source} is empty: give at least search.metric and search.mode "
+                  "(bitsweep show demo prints a complete sweep file)")]
+        )  # fmt: skip
+    return build_sweep(
+        document, name=name, preset=preset, overrides=parse_overrides(overrides), notify=notify
+    )
 
 
 # --- cross checks ------------------------------------------------------------------------------
@@ -537,7 +592,9 @@ def _space_problems(run: RunConfig, search: SearchSpec) -> Iterable[tuple[str, s
                     for sub_key, message in err.problems:
                         yield where, f"scenario {value['label']!r}: {sub_key}: {message}"
             continue
-        if key not in flat:
+        # a quant option of another scheme: the bounds below say which scheme takes it
+        other_scheme = key.startswith("quant.") and key[6:] in section_fields("quant")
+        if key not in flat and not other_scheme:
             yield (
                 where,
                 unknown_key_message(key, flat) + " (search keys are dotted run-config keys)",
@@ -557,25 +614,20 @@ def _space_problems(run: RunConfig, search: SearchSpec) -> Iterable[tuple[str, s
 
 
 def reported_metrics(run: RunConfig, search: SearchSpec | None = None) -> set[str]:
-    """The metric names trials of this sweep can report (the metrics contract)."""
-    from trainables.objective import reported_terms
+    """The metric names (and patterns such as ``bits/<layer>``) trials of this sweep can report.
 
-    names = {"step", "train/loss", "train/lr", "loss/task", "val/loss", "quant/lambda",
-             "growth/stage", "model/params", "model/bits_total", "model/bits_per_weight",
-             "model/quant_bits_per_weight",
-             "model/packed_bytes", "train/grad_norm"}  # fmt: skip
-    if run.task.kind == "lm":
-        names |= {"val/bpb", "perf/tokens_per_s"}
-    else:
-        names |= {"val/acc", "perf/samples_per_s"}
+    The union over the run config and each searched key's range of
+    :func:`trainables.metric_names.reported_metrics`, the one declaration of the contract.
+    """
     variants = [run]
     if search is not None:
         for key, dist in search.space.items():
             for overrides in _variants(run, key, dist):
                 with contextlib.suppress(ConfigError):
                     variants.append(run.with_overrides(overrides))
+    names: set[str] = set()
     for variant in variants:
-        names |= reported_terms(variant)
+        names |= metric_names.reported_metrics(variant)
     return names
 
 
@@ -583,16 +635,9 @@ def _objective_problems(run: RunConfig, search: SearchSpec) -> Iterable[tuple[st
     known = reported_metrics(run, search)
     field = "search.objectives" if search.objectives else "search.metric"
     for objective in search.objective_list:
-        if objective.metric not in known:
-            hint = unknown_key_message(objective.metric, known).removeprefix("unknown key; ")
-            yield (
-                field,
-                (
-                    f"{objective.metric!r} is not a metric these trials report"
-                    + (f"; {hint}" if hint != "unknown key" else "")
-                    + f" (they report: {', '.join(sorted(k for k in known if '/' in k))})"
-                ),
-            )
+        problem = metric_names.unreported_problem(objective.metric, known)
+        if problem is not None:
+            yield field, problem
     if search.scheduler.type == "asha" and len(search.objective_list) > 1:
         pass  # ASHA stops on the first objective; documented in the README
 
@@ -608,8 +653,9 @@ def _ablation_problems(
     flat = run.to_flat()
     metrics = reported_metrics(run, search)
     for index, ablation in enumerate(ablations):
-        if ablation.value not in metrics:
-            yield f"ablation[{index}].value", unknown_key_message(ablation.value, metrics)
+        problem = metric_names.unreported_problem(ablation.value, metrics)
+        if problem is not None:
+            yield f"ablation[{index}].value", problem
         for field in ("rows", "cols"):
             key = getattr(ablation, field)
             if key is not None and key not in flat and key != SCENARIO_KEY:

@@ -14,7 +14,7 @@ import contextlib
 import weakref
 from typing import Any
 
-from search_spaces.tune_space import RUN_CONFIG_KEY
+from trainables.trial_settings import RUN_CONFIG_KEY
 
 PREFIX = RUN_CONFIG_KEY + "/"
 # trial id -> MLflow run id, filled by the tracker in this (the Tune driver's) process
@@ -61,7 +61,13 @@ class ReadableStudy:
         _ACTIVE.add(self)
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         if all(isinstance(m, str) for m in metrics):
-            self._ot_study.set_metric_names(list(metrics))
+            import warnings
+
+            import optuna
+
+            with warnings.catch_warnings():  # experimental since 3.2, stable in use: not news
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(metrics))
 
     def suggest(self, trial_id: str) -> dict | None:
         """Tune's nested config from the study's dotted parameters."""

@@ -1,21 +1,21 @@
 """What a Tune trial runs: the loop in the trial process, or a TorchTrainer for several workers.
 
 Both are module-level functions so that Ray imports them by reference on any node where bitsweep
-is installed (or shipped in the job's ``runtime_env``).
+is installed (or shipped in the job's ``runtime_env``). A trial's config is read only by the
+constant keys: the flat run config (``RUN_CONFIG_KEY``), the sampled scenario label and its table
+(``orchestrator.tune_space``), and the typed :class:`TrialSettings` (``TRIAL_SETTINGS_KEY``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from search_spaces.tune_space import RUN_CONFIG_KEY, SCENARIO_KEY
-
-# Keys of a trial's config besides the run config (constant across trials).
-SCENARIOS_KEY = "scenarios"
-TRIAL_SETTINGS_KEY = "bitsweep"
+from orchestrator.tune_space import SCENARIO_KEY, SCENARIOS_KEY
+from trainables.trial_settings import RUN_CONFIG_KEY, TrialSettings, trial_settings, worker_config
 
 
-def trial_run_config(config: dict[str, Any]) -> dict[str, Any]:
+def trial_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The flat run config of one trial: sampled values plus its scenario's overrides."""
     flat = dict(config[RUN_CONFIG_KEY])
     label = config.get(SCENARIO_KEY)
@@ -24,7 +24,7 @@ def trial_run_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """What MLflow logs as the trial's params: the flat run config and the scenario label."""
     params = trial_run_config(config)
     if config.get(SCENARIO_KEY) is not None:
@@ -34,17 +34,13 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def single_process_trial(config: dict[str, Any]) -> None:
     """A one-worker trial: the training loop runs in this Tune trial process."""
-    from trainables.worker import RUN_CONFIG_KEY as WORKER_RUN_CONFIG
+    from dataclasses import replace
+
     from trainables.worker import tune_function_trainable
 
-    settings = config.get(TRIAL_SETTINGS_KEY, {})
-    tune_function_trainable(
-        {
-            WORKER_RUN_CONFIG: trial_run_config(config),
-            "strategy": "none",
-            "checkpoint_every": settings.get("checkpoint_every"),
-        }
-    )
+    # whatever the sweep's resources say, this process is the only rank
+    settings = replace(trial_settings(config), strategy="none", workers_per_trial=1)
+    tune_function_trainable(worker_config(trial_run_config(config), settings))
 
 
 def distributed_trial(config: dict[str, Any]) -> None:
@@ -58,31 +54,22 @@ def distributed_trial(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainables.worker import RUN_CONFIG_KEY as WORKER_RUN_CONFIG
     from trainables.worker import train_fn_per_worker
 
-    settings = config[TRIAL_SETTINGS_KEY]
+    settings: TrialSettings = trial_settings(config)
     context = ray.tune.get_context()
-    gpus = float(settings["gpus_per_worker"])
-    resources = {"CPU": float(settings["cpus_per_worker"])}
-    if gpus:
-        resources["GPU"] = gpus
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={
-            WORKER_RUN_CONFIG: trial_run_config(config),
-            "strategy": settings["strategy"],
-            "checkpoint_every": settings.get("checkpoint_every"),
-        },
+        train_loop_config=worker_config(trial_run_config(config), settings),
         scaling_config=ScalingConfig(
-            num_workers=int(settings["workers_per_trial"]),
-            use_gpu=gpus > 0,
-            resources_per_worker=resources,
+            num_workers=settings.workers_per_trial,
+            use_gpu=settings.gpus_per_worker > 0,
+            resources_per_worker=settings.worker_resources,
         ),
         run_config=RunConfig(
             name=f"train-{context.get_trial_id()}",
-            storage_path=settings["train_storage"],
-            failure_config=FailureConfig(max_failures=int(settings.get("max_failures", 1))),
+            storage_path=settings.train_storage,
+            failure_config=FailureConfig(max_failures=settings.max_failures),
             callbacks=[TuneReportCallback()],
         ),
     )

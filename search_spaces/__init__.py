@@ -1,4 +1,4 @@
-"""Sweep presets (YAML files shipped with the package) and the mapping to Tune search spaces."""
+"""Sweep presets: the YAML sweep files shipped with the package, and their loader."""
 
 from __future__ import annotations
 

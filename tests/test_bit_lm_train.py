@@ -8,7 +8,7 @@ import pytest
 
 from trainables.config import ConfigError, RunConfig
 from trainables.loop import train
-from trainables.objective import reported_terms
+from trainables.metric_names import reported_metrics
 from trainables.reporting import ListReporter
 
 BIT_LM = {
@@ -38,7 +38,7 @@ def test_bit_lm_on_pydocs_learns_below_8_bits_per_byte_with_act() -> None:
     assert 1.0 <= last["act/mean_layers"] <= 2.0
     assert last["loss/ponder"] > 1.0
     mine = {"val/parity_error", "val/bpb_parity", "act/mean_layers", "act/ponder", "loss/ponder"}
-    assert mine <= reported_terms(cfg)
+    assert mine <= reported_metrics(cfg)
     assert mine | {"val/act_mean_layers"} <= set(last)
 
 

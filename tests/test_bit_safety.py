@@ -160,7 +160,8 @@ def test_halted_trial_in_mlflow_has_its_reason_events_and_samples(
     """The tracker (driver side) turns the loop's reports into events, a reason and artifacts."""
     from mlflow import MlflowClient
 
-    from orchestrator.tracking import STOPPED_EARLY, SweepTracker
+    from orchestrator.run_layout import STOPPED_EARLY
+    from orchestrator.tracking import SweepTracker
 
     cfg = RunConfig().with_overrides({
         **TINY, "train.steps": 60, "telemetry.drift_window": 2, "telemetry.drift_thresh": 1e-4,

@@ -152,13 +152,13 @@ def test_seed_defaults_and_the_loss_fn_key() -> None:
 def test_the_trainer_loss_is_bit_balanced_cross_entropy(normalize: bool) -> None:
     """``loss.fn: bit_balanced_ce``: the objective's total is the seed's loss on the logits."""
     from trainables.build import build_model, initial_architecture, load_task_data
-    from trainables.objective import Objective
+    from trainables.objective import TrainingObjective
 
     cfg = _digits_cfg(fn="bit_balanced_ce", bit_loss_weight=1e-4, bit_loss_normalize=normalize)
     data = load_task_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, initial_architecture(cfg, data)).eval()  # eval: nearest rounding
-    objective = Objective(cfg, model)
+    objective = TrainingObjective(cfg, model)
     x, y = data.train_images[:32], data.train_labels[:32]
     out = model(x, targets=y)
     total, terms = objective(out, 0)
@@ -180,7 +180,7 @@ def test_the_trainer_loss_is_bit_balanced_cross_entropy(normalize: bool) -> None
     ) in zip(layers, g_total, strict=True):
         numel = layer.weight.numel() + layer.bias.numel()
         torch.testing.assert_close(g - layer.bit_width.grad, torch.tensor(scale * numel))
-    plain = Objective(_digits_cfg(), model)  # loss.fn: ce
+    plain = TrainingObjective(_digits_cfg(), model)  # loss.fn: ce
     total_ce, terms_ce = plain(model(x, targets=y), 0)
     assert "loss/bits" not in terms_ce
     torch.testing.assert_close(total_ce, terms_ce["loss/task"])

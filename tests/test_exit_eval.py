@@ -88,7 +88,7 @@ def test_early_exit_preset_front_is_loss_at_exits_against_compute() -> None:
 
 def test_routing_warm_up_keeps_the_compute_cost_out_until_its_step() -> None:
     """``loss.route_warmup_frac``: no routing loss in the objective before that share of steps."""
-    from trainables.objective import Objective
+    from trainables.objective import TrainingObjective
 
     cfg = RunConfig.from_dict(
         {
@@ -100,7 +100,7 @@ def test_routing_warm_up_keeps_the_compute_cost_out_until_its_step() -> None:
         }
     )  # fmt: skip
     model = _model(cfg).train()
-    objective = Objective(cfg, model)
+    objective = TrainingObjective(cfg, model)
     idx = torch.randint(0, 256, (2, 16))
     out = model(idx, idx)
     before, terms = objective(out, 4)

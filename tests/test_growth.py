@@ -1,6 +1,7 @@
 """Progressive growth: function preservation, optimizer, and seed 004's rules in the loop.
 
-Warm-up, freeze window, final plateau and growth events reaching MLflow.
+Warm-up, freeze window, final plateau and growth events reaching MLflow. The growth rules
+themselves (trainables/growth_control.py), outside the loop: tests/test_growth_control.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from trainables.config import RunConfig
-from trainables.growth_control import GrowthState, grow_model
+from trainables.growth_control import GrowthState
 from trainables.growth_events import (
     EVENT_METRICS,
     EVENTS_ARTIFACT,
@@ -25,6 +26,7 @@ from trainables.growth_events import (
 )
 from trainables.growth_freeze import FreezeWindow
 from trainables.loop import learning_rate, train
+from trainables.metric_names import reported_metrics
 from trainables.models import (
     ByteLM,
     ByteLMConfig,
@@ -36,7 +38,6 @@ from trainables.models import (
     move_optimizer_to_grown,
     warmup_factor,
 )
-from trainables.objective import reported_terms
 from trainables.parallel import STATE_FILE
 from trainables.quant import QuantLayer, prepare, quant_recipe, set_quant_lambda
 from trainables.reporting import ListReporter
@@ -382,23 +383,6 @@ def test_freeze_keeps_old_weights_bit_identical_for_five_batches(kind: str, tmp_
         assert new_moved >= 0.9 * len(frozen)
 
 
-def test_freeze_keeps_adam_state_of_whole_old_parameters() -> None:
-    """Frozen whole parameters are skipped by the optimizer: their moments and step stay put."""
-    cfg = _growth_cfg(40, 5, strategy=["depth"])
-    model = ByteLM(ByteLMConfig(**{**BASE, "n_layers": 1}))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    _train_steps(model, opt)
-    state = GrowthState(history=[1.0])
-    grown, new_opt = grow_model(model, opt, state, cfg, step=2)
-    old = grown.blocks[0].attn.q_proj.weight
-    before = {k: v.clone() for k, v in new_opt.state[old].items()}
-    _train_steps(grown, new_opt, steps=5)
-    assert all(torch.equal(new_opt.state[old][k], v) for k, v in before.items())
-    assert state.freeze_left == 0 and state.frozen == {}
-    _train_steps(grown, new_opt, steps=1)
-    assert int(new_opt.state[old]["step"]) == int(before["step"]) + 1
-
-
 @settings(max_examples=25, deadline=None)
 @given(
     old=st.lists(st.integers(1, 3), min_size=1, max_size=3),
@@ -484,7 +468,7 @@ def test_growth_events_are_reported_with_sizes_and_lr() -> None:
         assert m["growth/lr"] == pytest.approx(m["growth/lr_before"] / math.sqrt(2))
     assert context["growth/lr"] == pytest.approx(3e-3 / 2**1.5)
     assert not any(k in m for m in reporter.metrics if m not in grown for k in EVENT_METRICS)
-    assert reported_terms(cfg) >= EVENT_METRICS
+    assert reported_metrics(cfg) >= EVENT_METRICS
     # the metrics decode back to the events the loop kept
     history = {n: {int(m["step"]): m[n] for m in grown if n in m} for n in EVENT_METRICS}
     decoded = events_from_history(history)

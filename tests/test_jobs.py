@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 from test_cluster_files import LOCAL, _free_ports, _gone, _script_env
 
-from orchestrator.jobs import Connection, JobError, cluster_ready_spec, dashboard_address
+from orchestrator.jobs import (
+    NO_PYTHON,
+    Connection,
+    JobError,
+    cluster_ready_spec,
+    dashboard_address,
+    entrypoint,
+)
 from orchestrator.spec import load_sweep
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "train.batch_size=8",
@@ -51,6 +58,58 @@ def test_address_comes_from_the_flag_or_the_cluster_env(monkeypatch: pytest.Monk
     monkeypatch.setenv("BITSWEEP_DASHBOARD_URL", "http://127.0.0.1:8265/")
     assert dashboard_address(None) == "http://127.0.0.1:8265"
     assert dashboard_address("head:8265") == "http://head:8265"
+
+
+def test_the_entrypoint_tries_the_interpreter_of_rays_environment_before_the_resolved_one() -> None:
+    given = entrypoint(["run", "my sweep.yaml"], "/opt/my py/bin/python")
+    assert given == "'/opt/my py/bin/python' -m orchestrator.cli run 'my sweep.yaml'"
+    found = entrypoint(["run", "sweep.yaml"])
+    parts = ("${BITSWEEP_PYTHON:-}", "$v/bin/python3", "readlink -f /proc/$PPID/exe", " python3;")
+    order = [found.index(part) for part in parts]
+    assert order == sorted(order)
+    assert '"$p" -m orchestrator.cli run sweep.yaml' in found and found.endswith("exit 127")
+
+
+# The job supervisor as Ray runs it from a virtualenv nobody activated: started through the
+# virtualenv's bin/python (a link to the base interpreter, which is what /proc/PID/exe shows),
+# with Ray's _raylet.so of the virtualenv mapped, running the entrypoint under /bin/sh.
+_SUPERVISOR = """
+import importlib.util, mmap, subprocess, sys
+from pathlib import Path
+if sys.argv[1] == "map":  # what importing ray does to the supervisor's memory map
+    raylet = Path(importlib.util.find_spec("ray").origin).parent / "_raylet.so"
+    with open(raylet, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+sys.exit(subprocess.run(["/bin/sh", "-c", sys.argv[2]]).returncode)
+"""
+
+
+def test_the_entrypoint_finds_an_unactivated_virtualenvs_python(tmp_path: Path) -> None:
+    import importlib.util
+
+    base = os.path.realpath(sys.executable)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH, no BITSWEEP_PYTHON
+    others = [base, *(["python3"] if shutil.which("python3", path=env["PATH"]) else [])]
+    if base == os.path.abspath(sys.executable) or importlib.util.find_spec("ray") is None:
+        pytest.skip("not running from a virtualenv whose python links to a base interpreter")
+    for python in others:
+        probe = subprocess.run([python, "-c", "import orchestrator"], cwd=tmp_path, env=env,
+                               capture_output=True)  # fmt: skip
+        if probe.returncode == 0:
+            pytest.skip(f"{python} imports bitsweep outside the virtualenv")
+    command = entrypoint(["--version"])
+
+    def supervise(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _SUPERVISOR, mode, command], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    found = supervise("map")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith("bitsweep "), found.stdout + found.stderr
+    # without Ray's library mapped only the resolved base interpreter is left: it cannot
+    # import bitsweep, which is what a plain `ray start` from a virtualenv met before
+    lost = supervise("plain")
+    assert lost.returncode == 127 and NO_PYTHON in lost.stderr, lost.stdout + lost.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""LSQ (Esser et al., ICLR 2020): values, step-size gradient, init, layers, freeze_alpha."""
+"""LSQ (Esser et al., ICLR 2020): values, step-size gradient, init, layers.
+
+Freezing and explicit initialization of the step sizes: tests/test_step_size.py.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +20,11 @@ from trainables.quant import (
     LSQConv2d,
     LSQLinear,
     LSQQuantizer,
-    alpha_frozen,
     convert,
-    freeze_alpha,
-    initialize_step_sizes,
     lsq_grad_scale,
     lsq_quantize,
     lsq_range,
     prepare,
-    step_size_parameters,
-    unfreeze_alpha,
-    weight_bin_regularization,
 )
 
 V = [-1.3, -0.45, -0.1, 0.0, 0.26, 0.74, 2.0]  # v / s with s = 0.5: -2.6 -0.9 -0.2 0 .52 1.48 4
@@ -260,34 +257,6 @@ def test_first_and_last_layer_policy(
         prepare(_mlp(), "lsq", first_last="int4")
 
 
-def test_freeze_alpha_leaves_step_sizes_unchanged() -> None:
-    model = prepare(_mlp(), "lsq", first_last="same", weight_bits=2, act_bits=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
-
-    def train_step() -> None:
-        loss = nn.functional.cross_entropy(model(x), y) + weight_bin_regularization(model)
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):  # warm-up: steps learn, and AdamW builds momentum for them
-        train_step()
-    steps = step_size_parameters(model)
-    assert len(steps) == 4 and not alpha_frozen(model)
-    assert freeze_alpha(model) == 4 and alpha_frozen(model)
-    before = [p.detach().clone() for p in steps]
-    weight_before = model[2].weight.detach().clone()
-    for _ in range(3):
-        train_step()
-    assert all(torch.equal(p, b) for p, b in zip(steps, before, strict=True))
-    assert all(p.grad is None for p in steps)
-    assert not torch.equal(model[2].weight, weight_before)  # the rest still trains
-    unfreeze_alpha(model)
-    train_step()
-    assert not all(torch.equal(p, b) for p, b in zip(steps, before, strict=True))
-
-
 def _digits() -> tuple[torch.Tensor, ...]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -327,15 +296,3 @@ def test_storage_bits_count_codes_and_the_step() -> None:
     assert layer.storage_bits() == 3 * 128 + 32
     size = model_size(nn.Sequential(layer))
     assert size["model/bits_total"] == 3 * 128 + 32 + 32 * 8 + 32 * 2  # + fp32 bias and steps
-
-
-def test_initialize_step_sizes_from_a_chosen_batch_keeps_lambda() -> None:
-    model = prepare(_mlp(), "lsq", first_last="same", weight_bits=2, act_bits=2)
-    for layer in (model[0], model[2]):
-        layer.set_quant_lambda(0.0)  # a lam schedule starting at 0 would never initialize them
-    x = torch.randn(32, 8)
-    assert initialize_step_sizes(model, lambda: model(x)) == 4
-    assert model[0].quant_lambda == 0.0 and model[0].eval_lambda == 1.0
-    expected = 2 * x.abs().mean() / math.sqrt(1)  # signed 2-bit input: Q_P = 1
-    torch.testing.assert_close(model[0].act_quantizer.step.detach(), expected)
-    assert model[0].act_quantizer.step.grad is None

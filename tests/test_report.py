@@ -15,7 +15,7 @@ import pytest
 from handmade_sweeps import Handmade, completed, write_sweep
 
 from orchestrator.report import ReportError, format_matrix, print_report
-from orchestrator.results import load_sweep
+from orchestrator.results import load_sweep_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -107,7 +107,7 @@ def test_report_in_process_sections(made: Handmade, tmp_path: Path) -> None:
     )
     assert code == 0
     text = stream.getvalue()
-    front = load_sweep("abl", tracking_uri=made.uri, experiment=made.experiment).pareto()
+    front = load_sweep_results("abl", tracking_uri=made.uri, experiment=made.experiment).pareto()
     section = text.split("Pareto front (")[1].split("\n\n")[0]
     assert section.startswith(f"{len(front)} of 12 completed trials)")
     assert sorted(line.split()[0] for line in section.splitlines()[2:]) == sorted(front["trial_id"])
@@ -150,7 +150,7 @@ def test_report_of_a_sweep_without_trials(tmp_path: Path) -> None:
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     SweepTracker("empty", tracking_uri=uri, objectives=[("val/acc", "max")]).start()
-    res = load_sweep("empty", tracking_uri=uri)
+    res = load_sweep_results("empty", tracking_uri=uri)
     assert res.trials.empty and list(res.trials.columns[:4]) == ["trial_id", "run_id", "status",
                                                                  "error"]  # fmt: skip
     assert res.metrics == [] and res.summary().empty

@@ -25,9 +25,9 @@ from orchestrator.results import (
     ResultsError,
     SweepNotFoundError,
     SweepResults,
-    load_sweep,
+    load_sweep_results,
 )
-from orchestrator.tracking import TrackingUnreachableError
+from orchestrator.tracking_uri import TrackingUnreachableError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +40,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Handmade:
 
 @pytest.fixture(scope="module")
 def res(made: Handmade) -> SweepResults:
-    return load_sweep(made.name, tracking_uri=made.uri, experiment=made.experiment)
+    return load_sweep_results(made.name, tracking_uri=made.uri, experiment=made.experiment)
 
 
 def test_trial_table_one_typed_row_per_trial(made: Handmade, res: SweepResults) -> None:
@@ -196,18 +196,20 @@ def test_lookup_by_name_newest_and_by_parent_run_id(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     old = write_sweep(uri, name="twice", seed=1, spec=False, finish=False)
     new = write_sweep(uri, name="twice", seed=2)
-    assert load_sweep("twice", tracking_uri=uri, experiment="handmade").parent_run_id == (
+    assert load_sweep_results("twice", tracking_uri=uri, experiment="handmade").parent_run_id == (
         new.parent_run_id
     )
-    by_id = load_sweep(old.parent_run_id, tracking_uri=uri, experiment="handmade")
+    by_id = load_sweep_results(old.parent_run_id, tracking_uri=uri, experiment="handmade")
     assert by_id.parent_run_id == old.parent_run_id and by_id.name == "twice"
     assert by_id.trials["val/acc"].tolist() == [t.final("val/acc") for t in old.trials.values()]
     assert by_id.searched_keys() == [] and by_id.ablation_specs() == []  # no spec logged
     # a run id finds its sweep from any experiment name
-    assert load_sweep(old.parent_run_id, tracking_uri=uri, experiment="other").name == "twice"
+    assert (
+        load_sweep_results(old.parent_run_id, tracking_uri=uri, experiment="other").name == "twice"
+    )
     trial_run = old.trials["t00"].run_id
     with pytest.raises(SweepNotFoundError, match=f"parent run id {old.parent_run_id}"):
-        load_sweep(trial_run, tracking_uri=uri, experiment="handmade")
+        load_sweep_results(trial_run, tracking_uri=uri, experiment="handmade")
 
 
 def test_a_file_store_reads_the_same(
@@ -215,7 +217,9 @@ def test_a_file_store_reads_the_same(
 ) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a switch
     made = write_sweep(f"file://{tmp_path / 'mlruns'}")
-    from_file = load_sweep("abl", tracking_uri=str(tmp_path / "mlruns"), experiment="handmade")
+    from_file = load_sweep_results(
+        "abl", tracking_uri=str(tmp_path / "mlruns"), experiment="handmade"
+    )
     assert from_file.parent_run_id == made.parent_run_id
     ignore = ["run_id"]
     pd.testing.assert_frame_equal(from_file.trials.drop(columns=ignore),
@@ -227,23 +231,23 @@ def test_a_file_store_reads_the_same(
 
 def test_missing_sweep_store_and_server_are_named(made: Handmade, tmp_path: Path) -> None:
     with pytest.raises(SweepNotFoundError, match=r"no sweep named 'nope'.*sweeps there: abl"):
-        load_sweep("nope", tracking_uri=made.uri, experiment=made.experiment)
+        load_sweep_results("nope", tracking_uri=made.uri, experiment=made.experiment)
     with pytest.raises(SweepNotFoundError, match="experiment 'absent' does not exist"):
-        load_sweep("abl", tracking_uri=made.uri, experiment="absent")
+        load_sweep_results("abl", tracking_uri=made.uri, experiment="absent")
     missing = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
     with pytest.raises(TrackingUnreachableError, match="does not exist") as err:
-        load_sweep("abl", tracking_uri=missing)
+        load_sweep_results("abl", tracking_uri=missing)
     assert missing in str(err.value) and not (tmp_path / "nowhere").exists()
     with pytest.raises(TrackingUnreachableError, match=r"http://127\.0\.0\.1:9"):
-        load_sweep("abl", tracking_uri="http://127.0.0.1:9")
+        load_sweep_results("abl", tracking_uri="http://127.0.0.1:9")
 
 
 def test_default_tracking_uri(made: Handmade, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", made.uri)
-    assert load_sweep("abl", experiment=made.experiment).parent_run_id == made.parent_run_id
+    assert load_sweep_results("abl", experiment=made.experiment).parent_run_id == made.parent_run_id
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(Path(made.uri.removeprefix("sqlite:///")).parent)
-    assert load_sweep("abl", experiment=made.experiment).parent_run_id == made.parent_run_id
+    assert load_sweep_results("abl", experiment=made.experiment).parent_run_id == made.parent_run_id
 
 
 # ---- plots drawn from the results ------------------------------------------------------------

@@ -2,19 +2,26 @@
 
 Train-mode forward/backward gives finite gradients; ``convert`` computes what the fake-quantized
 model computes in evaluation; lam = 0 is the float model; ``dequantize`` gives plain layers back;
-an unknown option is refused by name; a recipe quantizes new layers the same way.
+an unknown option is refused by name; a recipe quantizes new layers the same way. The run
+config's ``quant`` section is the scheme's own options type: same defaults, same bounds (checked
+in one place, the options dataclass), unknown keys refused naming the scheme and what it takes.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import pickle
+import typing
 
 import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given
+from pydantic import ValidationError
 from torch import nn
 
+from trainables.config import ConfigError, RunConfig
 from trainables.quant import (
     QuantLayer,
     apply_recipe,
@@ -27,6 +34,8 @@ from trainables.quant import (
     record_quant_errors,
     set_quant_lambda,
 )
+from trainables.quant.registry import get_scheme
+from trainables.quant_config import COMMON_KEYS, QuantConfig, section_type
 
 SCHEMES = available_schemes()
 # the hadamard scheme on a model without o_proj / down_proj: H-BitLinear everywhere
@@ -125,3 +134,67 @@ def test_quantization_error_recorded_in_forward_equals_the_recomputed_one(scheme
     torch.testing.assert_close(quantization_mse(model, recorded=True), recomputed)
     if scheme != "none":
         assert recomputed.item() > 0
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_the_config_section_is_the_options_type(scheme: str) -> None:
+    entry = get_scheme(scheme)
+    section = QuantConfig.model_validate({"scheme": scheme})
+    assert type(section) is section_type(scheme)
+    assert tuple(section.option_values()) == entry.option_names()
+    assert set(type(section).model_fields) == {*COMMON_KEYS, *entry.option_names()}
+    # the config's defaults are the dataclass's: no second copy to drift
+    assert section.options() == entry.options_type()
+    # it round-trips through the run config's flat form and its YAML (json) dump
+    cfg = RunConfig.from_dict({"quant": {"scheme": scheme}})
+    assert RunConfig.from_flat(cfg.to_flat()) == cfg
+    assert RunConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    assert pickle.loads(pickle.dumps(cfg)) == cfg  # the section type is found by name (Ray)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_unknown_config_key_names_the_scheme_and_what_it_takes(scheme: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"quant": {"scheme": scheme, "bogus_option": 1}})
+    assert [key for key, _ in info.value.problems] == ["quant.bogus_option"]
+    message = str(info.value)
+    assert f"not an option of quant.scheme {scheme!r}" in message
+    assert f"takes: {', '.join((*COMMON_KEYS, *get_scheme(scheme).option_names()))}" in message
+
+
+def _candidates(hint: object) -> st.SearchStrategy[object]:
+    """Values of an options field's own type, around and beyond any plausible bound."""
+    args = set(typing.get_args(hint)) or {hint}
+    strategies: list[st.SearchStrategy[object]] = []
+    if int in args:
+        strategies.append(st.integers(-2, 20))
+    if float in args:
+        strategies.append(st.floats(-1.0, 20.0, allow_nan=False))
+    if bool in args:
+        strategies.append(st.booleans())
+    if type(None) in args and strategies:
+        strategies.append(st.none())
+    return st.one_of(strategies) if strategies else st.nothing()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@given(data=st.data())
+def test_config_bounds_are_the_options_types_bounds(scheme: str, data: st.DataObject) -> None:
+    entry = get_scheme(scheme)
+    hints = typing.get_type_hints(entry.options_type)
+    fields = [f.name for f in dataclasses.fields(entry.options_type)]
+    numeric = [f for f in fields if not _candidates(hints[f]).is_empty]
+    if not numeric:
+        return
+    values = {f: data.draw(_candidates(hints[f]), label=f) for f in numeric}
+    try:
+        entry.options_type(**values)
+        accepted_by_options = True
+    except ValueError:
+        accepted_by_options = False
+    try:
+        QuantConfig.model_validate({"scheme": scheme, **values})
+        accepted_by_config = True
+    except ValidationError:
+        accepted_by_config = False
+    assert accepted_by_config == accepted_by_options, values

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from orchestrator.spec import SweepSpecError, build_sweep, load_sweep, parse_overrides
+from orchestrator.tune_space import param_space
 from search_spaces import load_preset_text, preset_descriptions, preset_names
-from search_spaces.tune_space import param_space
 
-PRESETS = ["demo", "bitnet-lm", "br-ablation", "bit-budget", "early-exit", "scaleup",
-           "bitnet-finetune", "bit-lm", "bit-lm-ablation", "bit-lm-scaleup",
-           "mixed-precision"]  # fmt: skip
+PRESETS = preset_names()  # the registry: every shipped preset
 # Presets that need a value only the user knows (a local model directory): given here.
 REQUIRED = {"bitnet-finetune": ["model.hf_path=/models/base"]}
 
 
 def test_all_presets_are_shipped_and_described() -> None:
-    assert preset_names() == sorted(PRESETS)
-    assert all(len(d) > 20 for d in preset_descriptions().values())
+    assert PRESETS and all(len(d) > 20 for d in preset_descriptions().values())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [name for name in PRESETS if f"`{name}`" not in readme] == []  # each one documented
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -71,14 +71,16 @@ def test_overrides_are_typed_and_applied() -> None:
 SPACE = "search.space"
 BAD = [
     (["train.stepz=5"], "train.stepz", "did you mean 'train.steps'"),
-    (["quant.weight_bits=11"], "quant.weight_bits", "less than or equal to 8"),
+    (["quant.scheme=lsq", "quant.weight_bits=11"], "quant.weight_bits", "in 2..8, got 11"),
     (["train.steps=lots"], "train.steps", "valid integer"),
     ([f"{SPACE}.train.lrr={{dist: uniform, low: 0, high: 1}}"], f"{SPACE}.train.lrr",
      "did you mean 'train.lr'"),
     ([f"{SPACE}.train.lr={{dist: gauss, low: 1, high: 2}}"], f"{SPACE}.train.lr.dist", "'uniform'"),
     ([f"{SPACE}.train.lr={{dist: uniform, low: 2, high: 1}}"], f"{SPACE}.train.lr", "below high"),
-    ([f"{SPACE}.quant.weight_bits={{dist: int, low: 2, high: 12}}"], f"{SPACE}.quant.weight_bits",
-     "value 12 is invalid"),
+    ([f"{SPACE}.quant.act_bits={{dist: int, low: 2, high: 20}}"], f"{SPACE}.quant.act_bits",
+     "value 20 is invalid"),
+    ([f"{SPACE}.quant.weight_bits={{dist: int, low: 2, high: 8}}"], f"{SPACE}.quant.weight_bits",
+     "not an option of quant.scheme 'ternary' (weight_bits is an option of 'lsq')"),
     (["search.metric=val/bbp"], "search.metric", "did you mean 'val/bpb'"),
     (["search.metric=val/acc"], "search.metric", "not a metric these trials report"),
     (["resources.workers_per_trial=2"], "resources", "strategy 'ddp' or 'fsdp'"),
@@ -167,3 +169,78 @@ def test_per_layer_space_expands_to_one_dimension_per_layer() -> None:
     )
     with pytest.raises(ValueError, match="layer names"):
         param_space(spec.run.to_flat(), spec.search.space)
+
+
+# ---- overrides meet the search space --------------------------------------------------------
+
+
+def _notes(preset: str, overrides: list[str]) -> tuple[Any, list[str]]:
+    notes: list[str] = []
+    return load_sweep(preset, overrides, notify=notes.append), notes
+
+
+def test_a_pinned_key_is_one_fixed_value_in_every_trial() -> None:
+    spec, notes = _notes("scaleup", ["growth.improve_thresh=100", "growth.strategy=depth,width"])
+    assert notes == [
+        "growth.improve_thresh=100 pins a searched key (removed from search.space)",
+        "growth.strategy=depth,width pins a searched key (removed from search.space)",
+    ]
+    space = param_space(spec.run.to_flat(), spec.search.space)["run_config"]
+    assert space["growth.improve_thresh"] == 100 and space["growth.strategy"] == ["depth", "width"]
+    assert hasattr(space["growth.window"], "sample")  # the rest is still searched
+    # overrides that do not touch a searched key say nothing
+    assert _notes("scaleup", ["train.steps=10"])[1] == []
+
+
+def test_pinning_a_key_the_scenarios_set_removes_it_from_each_scenario() -> None:
+    spec, notes = _notes("br-ablation", ["loss.lambda_br=0.5"])
+    assert notes == [
+        "loss.lambda_br=0.5 pins a key the scenarios set (removed from every "
+        "search.space.scenario set)"
+    ]
+    sets = [v["set"] for v in spec.search.space["scenario"].values]
+    assert len(sets) == 5 and not any("loss.lambda_br" in s for s in sets)
+    assert all("loss.lambda_br_act" in s for s in sets)
+    assert spec.run.loss.lambda_br == 0.5
+
+
+def test_drop_pin_and_re_search_compose_in_order() -> None:
+    # pinned, then dropped: nothing left to drop, no error
+    spec, _ = _notes("scaleup", ["growth.window=1", "search.space.growth.window=null"])
+    assert "growth.window" not in spec.search.space and spec.run.growth.window == 1
+    # pinned, then searched again over a new range
+    spec, _ = _notes(
+        "scaleup", ["growth.window=1", "search.space.growth.window={dist: int, low: 2, high: 4}"]
+    )
+    assert spec.search.space["growth.window"].high == 4
+    # emptied, then one key searched
+    spec, notes = _notes("scaleup", ["search.space={}", "search.space.train.lr={dist: "
+                                     "loguniform, low: 0.001, high: 0.01}"])  # fmt: skip
+    assert list(spec.search.space) == ["train.lr"] and notes == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["search.space=3"], "search.space: give a mapping"),
+        (["search.space.train.lr=null"], "'train.lr' is not searched"),
+        (["search.space={}", "search.scheduler.type=pbt", "search.algorithm=random"],
+         "needs a uniform, loguniform or int key"),
+    ],
+)  # fmt: skip
+def test_bad_space_overrides_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(SweepSpecError, match=message):
+        load_sweep("scaleup", overrides, notify=None)
+
+
+def test_an_emptied_space_says_every_trial_runs_the_fixed_config() -> None:
+    spec, notes = _notes("scaleup", ["search.space=null"])
+    assert spec.search.space == {} and spec.search.num_samples == 8
+    assert notes == [
+        "search.space is empty: all 8 trials run the same fixed config "
+        "(search.num_samples=1 runs it once)"
+    ]
+    assert _notes("scaleup", ["search.space={}", "search.num_samples=1"])[1] == []
+    from orchestrator.runner import expected_trials
+
+    assert expected_trials(spec) == 8

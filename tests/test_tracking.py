@@ -14,18 +14,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from orchestrator.tracking import (
-    MLflowTuneCallback,
-    SweepTracker,
+from orchestrator.run_layout import contract_metrics, decode_param, encode_param
+from orchestrator.tracking import SweepTracker
+from orchestrator.tracking_uri import (
     TrackingUnreachableError,
-    build_trial_table,
     check_reachable,
-    contract_metrics,
-    decode_param,
-    encode_param,
     resolve_tracking_uri,
-    trial_params,
 )
+from orchestrator.tune_callbacks import MLflowTuneCallback, build_trial_table, trial_params
 
 PARAMS = {
     "quant.scheme": "ternary",
@@ -437,7 +433,7 @@ def test_tune_callback_logs_every_trial_and_resume_adds_no_duplicates(
 
 
 def test_artifacts_survive_mixed_type_params(tmp_path: Path) -> None:
-    from orchestrator.tracking import write_sweep_artifacts
+    from orchestrator.sweep_artifacts import write_sweep_artifacts
 
     table = pd.DataFrame(
         {

@@ -12,7 +12,7 @@ from trainables.build import build_model, initial_architecture
 from trainables.config import RunConfig
 from trainables.data import ByteCorpus, pydocs_bytes
 from trainables.loop import train
-from trainables.objective import Objective
+from trainables.objective import TrainingObjective
 from trainables.reporting import ListReporter
 from trainables.train_step import accumulate_gradients, autocast, clip_gradients
 
@@ -25,10 +25,10 @@ def corpus() -> ByteCorpus:
     return ByteCorpus.from_bytes(pydocs_bytes()[:20_000], val_frac=0.1)
 
 
-def _model_and_objective(cfg: RunConfig, corpus: ByteCorpus) -> tuple[nn.Module, Objective]:
+def _model_and_objective(cfg: RunConfig, corpus: ByteCorpus) -> tuple[nn.Module, TrainingObjective]:
     torch.manual_seed(0)
     model = build_model(cfg, initial_architecture(cfg, corpus))
-    return model, Objective(cfg, model)
+    return model, TrainingObjective(cfg, model)
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The trainable on a real local Ray: 2-worker DDP and FSDP2 runs, recovery from a killed worker."""
+"""The trainable: what a worker reads of its config (fast, no Ray), and on a real local Ray
+2-worker DDP and FSDP2 runs and recovery from a killed worker (slow)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import pytest
 
 from trainables.config import RunConfig
 from trainables.quant import load_packed_checkpoint
-from trainables.worker import train_fn_per_worker
-
-pytestmark = pytest.mark.slow
+from trainables.trial_settings import TrialSettings, worker_config
+from trainables.worker import _run, train_fn_per_worker
 
 CONTRACT = {
     "step", "train/loss", "loss/task", "loss/quant", "val/loss", "val/bpb", "model/params",
@@ -54,11 +54,42 @@ def _fit(train_fn: Any, config: dict[str, Any], storage: Path, name: str, max_fa
     return trainer.fit()
 
 
+class _Checkpoint:
+    """What Ray's ``Checkpoint.from_directory`` is to the reporter: records what was written."""
+
+    def __init__(self, files: set[str]) -> None:
+        self.files = files
+
+    @classmethod
+    def from_directory(cls, path: str) -> _Checkpoint:
+        return cls({p.name for p in Path(path).iterdir()})
+
+
+@pytest.mark.parametrize(("every", "expected"), [(None, [2, 4, 6, 8]), (4, [4, 8])])
+def test_the_worker_checkpoints_at_the_cadence_its_settings_give(
+    every: int | None, expected: list[int]
+) -> None:
+    reports: list[tuple[int, Any]] = []
+
+    def report(metrics: dict[str, float], checkpoint: Any = None) -> None:
+        reports.append((int(metrics["step"]), checkpoint))
+
+    settings = TrialSettings(checkpoint_every=every)
+    result = _run(worker_config(_run_config(8, 2), settings), report, _Checkpoint, None, 0)
+    assert result.metrics["step"] == 8
+    assert [step for step, _ in reports] == [2, 4, 6, 8]  # every evaluation is reported
+    assert [step for step, ckpt in reports if ckpt is not None] == expected
+    assert "packed" in reports[-1][1].files  # the final checkpoint carries the packed model
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_worker_run_reports_the_contract(
     ray_session: Any, tmp_path: Path, strategy: str
 ) -> None:
-    config = {"run_config": _run_config(12, 6), "strategy": strategy}
+    config = worker_config(
+        _run_config(12, 6), TrialSettings(workers_per_trial=2, strategy=strategy)
+    )
     result = _fit(train_fn_per_worker, config, tmp_path, f"two-{strategy}")
     assert result.error is None
     assert set(result.metrics) >= CONTRACT
@@ -83,6 +114,7 @@ def recording_train_fn(config: dict[str, Any]) -> None:
     train_fn_per_worker({k: v for k, v in config.items() if k != "pid_dir"})
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(ray_session: Any, tmp_path: Path) -> None:
     import ray
 
@@ -90,7 +122,10 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session: Any, tmp_path: 
     pids = tmp_path / "pids"
     pids.mkdir()
     storage = tmp_path / "storage"
-    config = {"run_config": _run_config(400, 20), "strategy": "ddp", "pid_dir": str(pids)}
+    config = {
+        **worker_config(_run_config(400, 20), TrialSettings(workers_per_trial=2, strategy="ddp")),
+        "pid_dir": str(pids),
+    }
     killed: list[int] = []
 
     def kill_after_first_checkpoint() -> None:

@@ -16,7 +16,7 @@ from trainables.data import (
     load_byte_corpus,
     load_vision_data,
 )
-from trainables.quant import get_scheme, prepare
+from trainables.quant import prepare
 
 TaskData = ByteCorpus | ImageClassificationData
 
@@ -137,11 +137,9 @@ def build_float_model(architecture: Architecture) -> nn.Module:
 
 
 def quant_options(cfg: RunConfig) -> dict[str, Any]:
-    """The ``quant`` section's values that the configured scheme accepts as options."""
-    scheme = get_scheme(cfg.quant.scheme)
-    accepted = {f.name for f in dataclasses.fields(scheme.options_type)}
-    values = cfg.quant.model_dump()
-    return {name: values[name] for name in accepted if name in values}
+    """The configured scheme's options: the ``quant`` section is that scheme's own options type
+    (``trainables.quant_config``), so every key it holds reaches the layers."""
+    return cfg.quant.option_values()
 
 
 def quantize(model: nn.Module, cfg: RunConfig) -> nn.Module:

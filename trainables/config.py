@@ -13,14 +13,30 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from trainables.errors import UserInputError
 from trainables.quant import available_schemes
+from trainables.quant.registry import (
+    LEARNABLE_BITS,
+    LEARNED_STEP_SIZES,
+    TERNARY_WEIGHTS,
+    schemes_with,
+)
+from trainables.quant_config import DEFAULT_SCHEME, QuantConfig, quant_keys, retarget
 
 GrowthStrategy = Literal["depth", "width", "context"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError, ValueError):
     """A run or sweep config that does not validate; ``problems`` lists (dotted key, message)."""
 
     def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
@@ -115,67 +131,6 @@ class ModelConfig(Section):
             )
         if self.arch == "bit_lm" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
-        return self
-
-
-class QuantConfig(Section):
-    """The quantization scheme and its options (only those the scheme has are passed to it)."""
-
-    scheme: str = "ternary"
-    keep_head: bool = True
-    act_bits: int | None = Field(8, ge=2, le=16)
-    weight_bits: int = Field(2, ge=2, le=8)
-    input_norm: bool = False
-    block_size: int | None = Field(None, ge=8)
-    act_signed: bool | Literal["auto"] = "auto"
-    first_last: Literal["8bit", "fp", "same"] = "8bit"
-    init_bits: float = Field(8.0, ge=2.0, le=8.0)
-    min_bits: int = Field(2, ge=2, le=8)
-    max_bits: int = Field(8, ge=2, le=8)
-    quantize_input: bool = False  # adaptive: also quantize each layer's input at its bit-width
-    # adaptive: Adam learning rate of the bit-width parameters (null: train.lr), see quant/optim.py
-    bit_lr: float | None = Field(0.05, gt=0.0, le=10.0)
-    # hadamard: which projections are H-BitLinear (BitNet v2: o_proj, down_proj); "all" = every
-    # one; a list, or a comma-separated string Optuna can search as one category
-    hadamard_layers: tuple[str, ...] = Field(("o_proj", "down_proj"), min_length=1)
-
-    # lsq: per-layer weight bits {layer name: bits} (mixed precision, searched with the
-    # `per_layer` distribution); stored as [name, bits] pairs so the flat config stays flat
-    layer_bits: tuple[tuple[str, int], ...] | None = None
-
-    @field_validator("layer_bits", mode="before")
-    @classmethod
-    def _layer_bits_pairs(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return tuple((str(name), bits) for name, bits in value.items())
-        return value
-
-    @field_validator("layer_bits")
-    @classmethod
-    def _layer_bits_range(cls, value: Any) -> Any:
-        for name, bits in value or ():
-            if not 2 <= bits <= 8:
-                raise ValueError(f"layer {name!r}: bits must be in 2..8, got {bits}")
-        return value
-
-    @field_validator("hadamard_layers", mode="before")
-    @classmethod
-    def _split_layers(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("scheme")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if value not in available_schemes():
-            raise ValueError(f"must be one of {', '.join(available_schemes())}, got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _bits_ordered(self) -> QuantConfig:
-        if self.min_bits > self.max_bits:
-            raise ValueError(f"min_bits={self.min_bits} must be <= max_bits={self.max_bits}")
         return self
 
 
@@ -335,7 +290,8 @@ class RunConfig(Section):
     task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    quant: QuantConfig = QuantConfig()
+    # the chosen scheme's own section type (trainables/quant_config.py), dumped with its options
+    quant: SerializeAsAny[QuantConfig] = QuantConfig.model_validate({})
     schedule: ScheduleConfig = ScheduleConfig()
     loss: LossConfig = LossConfig()
     growth: GrowthConfig = GrowthConfig()
@@ -357,9 +313,19 @@ class RunConfig(Section):
         return flatten(self.model_dump(mode="json"))
 
     @classmethod
-    def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:
-        """Build from dotted keys; raises ConfigError naming bad keys."""
-        return cls.from_dict(unflatten(flat))
+    def from_flat(cls, flat: Mapping[str, Any], *, retarget_quant: bool = False) -> RunConfig:
+        """Build from dotted keys; raises ConfigError naming bad keys.
+
+        ``retarget_quant``: drop the ``quant`` options that the chosen scheme does not take (a
+        trial's flat config: the base config's options plus a searched ``quant.scheme``; the
+        sweep's validation already checked every searched value with :meth:`with_overrides`).
+        """
+        data = unflatten(flat)
+        quant = data.get("quant")
+        scheme = quant.get("scheme", DEFAULT_SCHEME) if isinstance(quant, dict) else None
+        if retarget_quant and isinstance(quant, dict) and scheme in available_schemes():
+            data["quant"] = retarget(quant, scheme)
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -370,11 +336,21 @@ class RunConfig(Section):
             raise ConfigError(describe_validation_error(err, cls)) from None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
-        """A copy with dotted-key ``overrides`` applied and validated again."""
+        """A copy with dotted-key ``overrides`` applied and validated again.
+
+        An override of ``quant.scheme`` keeps the current options the new scheme takes and drops
+        the others; a ``quant`` key in ``overrides`` must be an option of the resulting scheme.
+        """
         flat = self.to_flat()
+        known = set(flat) | {f"quant.{key}" for key in quant_keys()}
         for key in overrides:
-            if key not in flat:
-                raise ConfigError([(key, unknown_key_message(key, flat))])
+            if key not in known:
+                raise ConfigError([(key, unknown_key_message(key, known))])
+        scheme = overrides.get("quant.scheme", self.quant.scheme)
+        if scheme != self.quant.scheme and scheme in available_schemes():
+            quant = {k.removeprefix("quant."): v for k, v in flat.items() if k.startswith("quant.")}
+            kept = {f"quant.{k}" for k in retarget(quant, scheme)}
+            flat = {k: v for k, v in flat.items() if not k.startswith("quant.") or k in kept}
         flat.update(overrides)
         return RunConfig.from_flat(flat)
 
@@ -403,36 +379,52 @@ def _cross_section_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:
         yield "loss.lambda_exit", "the early-exit loss applies to the byte LM only"
     if not lm and (cfg.model.early_exit or cfg.model.layer_dropout > 0):
         yield "model.early_exit", "early exit and layer dropout apply to the byte LM only"
-    if (cfg.loss.lambda_br > 0 or cfg.loss.lambda_br_act > 0) and cfg.quant.scheme != "lsq":
+    step_sizes = cfg.quant.has(LEARNED_STEP_SIZES)
+    if (cfg.loss.lambda_br > 0 or cfg.loss.lambda_br_act > 0) and not step_sizes:
         yield (
             "loss.lambda_br",
-            f"bin regularization needs quant.scheme 'lsq', got {cfg.quant.scheme!r}",
+            f"bin regularization needs quant.scheme {_schemes_with(LEARNED_STEP_SIZES)}, "
+            f"got {cfg.quant.scheme!r}",
         )
-    if cfg.loss.freeze_alpha and cfg.quant.scheme != "lsq":
-        yield "loss.freeze_alpha", "freezing step sizes needs quant.scheme 'lsq'"
-    if cfg.loss.fn == "bit_balanced_ce" and cfg.quant.scheme != "adaptive":
-        yield "loss.fn", "bit_balanced_ce needs quant.scheme 'adaptive' (learnable bit-widths)"
+    if cfg.loss.freeze_alpha and not step_sizes:
+        yield (
+            "loss.freeze_alpha",
+            f"freezing step sizes needs quant.scheme {_schemes_with(LEARNED_STEP_SIZES)}",
+        )
+    if cfg.loss.fn == "bit_balanced_ce" and not cfg.quant.has(LEARNABLE_BITS):
+        yield (
+            "loss.fn",
+            f"bit_balanced_ce needs quant.scheme {_schemes_with(LEARNABLE_BITS)} "
+            "(learnable bit-widths)",
+        )
     elif cfg.loss.bit_loss_weight > 0 and cfg.loss.fn != "bit_balanced_ce":
         yield (
             "loss.bit_loss_weight",
             "the bit penalty is part of loss.fn 'bit_balanced_ce' (with quant.scheme "
-            "'adaptive'): set loss.fn: bit_balanced_ce",
+            f"{_schemes_with(LEARNABLE_BITS)}): set loss.fn: bit_balanced_ce",
         )
-    if cfg.export.formats and cfg.quant.scheme not in ("ternary", "hadamard"):
+    if cfg.export.formats and not cfg.quant.has(TERNARY_WEIGHTS):
         yield "export.formats", f"exports ternary models; quant.scheme is {cfg.quant.scheme!r}"
     if "hf-bitnet" in cfg.export.formats and cfg.model.arch != "hf_causal_lm":
         yield "export.formats", "hf-bitnet exports a converted Hugging Face model (hf_causal_lm)"
-    if cfg.quant.layer_bits is not None and cfg.quant.scheme != "lsq":
-        yield (
-            "quant.layer_bits",
-            f"per-layer bits need quant.scheme 'lsq', got {cfg.quant.scheme!r}",
-        )
-    if cfg.quant.scheme == "lsq" and cfg.quant.act_bits is not None and cfg.quant.act_bits > 8:
-        yield "quant.act_bits", f"the lsq scheme takes 2..8 bits, got {cfg.quant.act_bits}"
     if cfg.growth.enabled and not lm:
         yield "growth.enabled", "progressive growth applies to the byte LM only"
     yield from _bit_lm_problems(cfg)
     yield from _telemetry_problems(cfg)
+
+
+def _schemes_with(capability: str) -> str:
+    """``'lsq'`` or ``'a' or 'b'``: the schemes that declare ``capability``, for messages."""
+    return " or ".join(map(repr, schemes_with(capability))) or "(none registered)"
+
+
+def section_fields(section: str) -> tuple[str, ...]:
+    """The keys a run-config section can have (``quant``: under any registered scheme)."""
+    if section == "quant":
+        return quant_keys()
+    annotation = RunConfig.model_fields[section].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return tuple(annotation.model_fields)
 
 
 def _telemetry_problems(cfg: RunConfig) -> Iterable[tuple[str, str]]:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import metric_names as names
 from trainables.build import TaskData
 from trainables.config import RunConfig
 from trainables.data import BitCorpus, ByteCorpus, bits_to_bytes, iterate_batches, parity_positions
@@ -62,7 +63,7 @@ def _evaluate_lm(
     loss = _lm_loss(model, data, cfg, seq_len)
     # bits per byte of text: loss per token * tokens / bytes (a TokenCorpus knows the ratio)
     per_byte = getattr(data, "tokens_per_byte", 1.0)
-    metrics = {"val/loss": loss, "val/bpb": loss / math.log(2) * per_byte}
+    metrics = {names.VAL_LOSS: loss, names.VAL_BPB: loss / math.log(2) * per_byte}
     if early_exit:  # val/loss_exit, val/exit_layer_mean, val/compute_frac, exit distribution
         metrics.update(evaluate_early_exit(model, raw, data, cfg, seq_len))
     return metrics
@@ -105,17 +106,17 @@ def _evaluate_bit_lm(
     loss = total / bits
     byte_count = bits / 9
     metrics = {
-        "val/loss": loss,
-        "val/bpb": 9 * loss / math.log(2),
-        "val/bpb_parity": parity / byte_count / math.log(2),
+        names.VAL_LOSS: loss,
+        names.VAL_BPB: 9 * loss / math.log(2),
+        names.VAL_BPB_PARITY: parity / byte_count / math.log(2),
     }
     if getattr(raw.config, "act", False):
-        metrics["val/act_mean_layers"] = act_layers / max(batches, 1)
+        metrics[names.VAL_ACT_MEAN_LAYERS] = act_layers / max(batches, 1)
     assert prefix is not None
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     sampled = raw.generate(prefix.to(device), BIT_EVAL_GEN_BYTES, generator=generator)
     _, parity_ok = bits_to_bytes(sampled[:, prefix.shape[1] :])  # [b, n] bool
-    metrics["val/parity_error"] = 1.0 - float(parity_ok.float().mean())
+    metrics[names.VAL_PARITY_ERROR] = 1.0 - float(parity_ok.float().mean())
     return metrics
 
 
@@ -128,4 +129,4 @@ def _evaluate_images(model: nn.Module, data: TaskData) -> dict[str, float]:
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += float((logits.argmax(dim=1) == y).sum())
         count += y.numel()
-    return {"val/loss": loss / count, "val/acc": correct / count}
+    return {names.VAL_LOSS: loss / count, names.VAL_ACC: correct / count}

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainables import metric_names as names
 from trainables.bit_control import bit_lm_control
 from trainables.build import (
     Architecture,
@@ -39,7 +40,7 @@ from trainables.growth_control import (
 )
 from trainables.hf_pipeline import copy_artifacts, training_manifest, write_training_manifest
 from trainables.metrics import layer_bit_widths, model_size
-from trainables.objective import Objective
+from trainables.objective import TrainingObjective
 from trainables.parallel import Parallel, pick_device, unwrap
 from trainables.quant import (
     BitLinear,
@@ -124,9 +125,11 @@ class _Batches:
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # learned bit-widths get their own group at quant.bit_lr (see trainables/quant/optim.py)
+    # learned bit-widths get their own group at quant.bit_lr (see trainables/quant/optim.py), an
+    # option of the schemes that learn bit-widths only
+    bit_lr = cfg.quant.option_values().get("bit_lr")
     groups = param_groups(
-        model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, bit_lr=cfg.quant.bit_lr
+        model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, bit_lr=bit_lr
     )
     return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
@@ -201,7 +204,7 @@ def train(
         step = int(extra["step"])
         batches.restore(extra["rng"]["batches"])
         torch.set_rng_state(extra["rng"]["torch"])
-    objective = Objective(cfg, model)
+    objective = TrainingObjective(cfg, model)
     control = bit_lm_control(cfg, data, extra)  # bit_lm: telemetry, safety gate, diffusion
     if control is not None:
         objective.telemetry_reference = control.q_ref
@@ -249,12 +252,12 @@ def train(
             window_time += time.perf_counter() - started
             window_samples += done.samples * parallel.world_size
             window_steps += 1
-            step_values = {**done.losses, "train/grad_norm": grad_norm, **done.metrics}
+            step_values = {**done.losses, names.TRAIN_GRAD_NORM: grad_norm, **done.metrics}
             for name, value in step_values.items():
                 window[name] = window.get(name, 0.0) + value
             if step % cfg.train.eval_every and step != last_step:
                 continue
-            metrics = {"step": float(step), "quant/lambda": lam, "train/lr": lr}
+            metrics = {names.STEP: float(step), names.QUANT_LAMBDA: lam, names.TRAIN_LR: lr}
             metrics.update(parallel.mean_dict({k: v / window_steps for k, v in window.items()}))
             metrics.update(evaluate(wrapped if parallel.strategy == "fsdp" else model, data, cfg))
             if control is not None:  # telemetry K, C, S, the gate, drift (may halt the run)
@@ -264,9 +267,9 @@ def train(
             metrics.update(layer_bit_widths(model))
             rate = window_samples / window_time if window_time > 0 else 0.0
             if isinstance(data, ByteCorpus):
-                metrics["perf/tokens_per_s"] = rate * _tokens_per_sample(data, model)
+                metrics[names.PERF_TOKENS] = rate * _tokens_per_sample(data, model)
             else:
-                metrics["perf/samples_per_s"] = rate
+                metrics[names.PERF_SAMPLES] = rate
             window, window_steps, window_time, window_samples = {}, 0, 0.0, 0
             if cfg.growth.enabled and step < total_steps and should_grow(growth, metrics, cfg):
                 model, optimizer = grow_model(model, optimizer, growth, cfg, step)
@@ -274,10 +277,10 @@ def train(
                 _attach_template(model, parallel)
                 wrapped = parallel.wrap(model)
                 objective.close()
-                objective = Objective(cfg, model)
+                objective = TrainingObjective(cfg, model)
                 if control is not None:
                     objective.telemetry_reference = control.q_ref
-            metrics["growth/stage"] = float(growth.stage)
+            metrics[names.GROWTH_STAGE] = float(growth.stage)
             architecture = architecture_of(model, architecture.arch)
             history.append(metrics)
             final = step == total_steps

@@ -6,6 +6,8 @@ import math
 
 from torch import nn
 
+from trainables import metric_names as names
+
 
 def model_size(model: nn.Module) -> dict[str, float]:
     """``model/params``, ``model/bits_total``, ``model/bits_per_weight``, ``model/packed_bytes``,
@@ -37,11 +39,11 @@ def model_size(model: nn.Module) -> dict[str, float]:
         if id(parameter) not in counted:
             bits += 8 * parameter.element_size() * parameter.numel()
     return {
-        "model/params": float(params),
-        "model/bits_total": bits,
-        "model/bits_per_weight": bits / params if params else 0.0,
-        "model/packed_bytes": float(math.ceil(bits / 8)),
-        "model/quant_bits_per_weight": quant_bits / quant_weights if quant_weights else 0.0,
+        names.MODEL_PARAMS: float(params),
+        names.MODEL_BITS_TOTAL: bits,
+        names.MODEL_BITS_PER_WEIGHT: bits / params if params else 0.0,
+        names.MODEL_PACKED_BYTES: float(math.ceil(bits / 8)),
+        names.MODEL_QUANT_BITS_PER_WEIGHT: quant_bits / quant_weights if quant_weights else 0.0,
     }
 
 
@@ -51,5 +53,5 @@ def layer_bit_widths(model: nn.Module) -> dict[str, float]:
     for name, module in model.named_modules():
         rounded = getattr(module, "rounded_bits", None)
         if callable(rounded):
-            widths[f"bits/{name}"] = float(rounded().detach())
+            widths[names.bits_name(name)] = float(rounded().detach())
     return widths

@@ -1,7 +1,8 @@
 """The joint loss: the task loss plus whichever terms the run config enables.
 
-Each enabled term is reported under its metric-contract name (``loss/quant``, ``loss/route``, ...)
-and weighted by its config weight; a disabled term is never computed.
+Each enabled term is reported under its metric-contract name (``loss/quant``, ``loss/route``, ...;
+declared, with the runs that report each, in :mod:`trainables.metric_names`) and weighted by its
+config weight; a disabled term is never computed.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from trainables.quant import (
     record_quant_errors,
     render_br_banner,
 )
-from trainables.telemetry_events import reported_metrics as telemetry_metrics
+from trainables.quant.registry import LEARNED_STEP_SIZES
 
 
 class LossDivergedError(RuntimeError):
     """A loss term became NaN or infinite; the message names the term and the step."""
 
 
-class Objective:
+class TrainingObjective:
     """Computes the weighted joint loss of one training step for a single-device model."""
 
     def __init__(self, cfg: RunConfig, model: nn.Module) -> None:
@@ -66,8 +67,8 @@ class Objective:
         self.telemetry_reference: Tensor | None = None
 
     def banner(self) -> str | None:
-        """Seed 002's BR configuration banner, for runs of the ``lsq`` scheme."""
-        if self.cfg.quant.scheme != "lsq":
+        """Seed 002's BR configuration banner, for runs of a scheme with learned step sizes."""
+        if not self.cfg.quant.has(LEARNED_STEP_SIZES):
             return None
         return render_br_banner(self.br, self.cfg.train.steps)
 
@@ -143,43 +144,3 @@ def check_finite(total: Tensor, terms: dict[str, Tensor], step: int) -> None:
                 f"weight of that term, or enable train.grad_clip"
             )
     raise LossDivergedError(f"the total loss became {float(total.detach())} at step {step}")
-
-
-def reported_terms(cfg: RunConfig) -> set[str]:
-    """The conditional metric names a run of ``cfg`` reports (enabled loss terms, routing)."""
-    loss = cfg.loss
-    names: set[str] = set()
-    if loss.lambda_q > 0:
-        names.add("loss/quant")
-    if cfg.model.early_exit:
-        names |= {"route/expected_exit", "route/sampled_exit", "route/exit_layer", "val/loss_exit"}
-        names |= {"val/exit_layer_mean", "val/compute_frac"}  # trainables.exit_eval
-        if cfg.model.exit_task_loss != "final":
-            names.add("route/final_loss")  # training CE at the last layer, beside the routed one
-        names |= {f"route/exit_frac/{layer}" for layer in range(1, cfg.model.n_layers + 1)}
-        if loss.lambda_r > 0:
-            names.add("loss/route")
-    if cfg.model.layer_dropout > 0:
-        names.add("model/layers_dropped")  # blocks skipped by layer dropout, per training step
-    if loss.lambda_exit > 0:
-        names.add("loss/exit")
-    if loss.lambda_br > 0:
-        names.add("loss/br_w")
-    if loss.lambda_br_act > 0:
-        names.add("loss/br_a")
-    if loss.fn == "bit_balanced_ce":
-        names.add("loss/bits")
-    if cfg.model.arch == "bit_lm":
-        names.add("val/parity_error")
-        if cfg.model.causal:
-            names.add("val/bpb_parity")
-        if cfg.model.act:
-            names |= {"act/mean_layers", "act/ponder", "val/act_mean_layers"}
-        if loss.lambda_act > 0:
-            names.add("loss/ponder")
-    names |= telemetry_metrics(cfg)  # bit_lm telemetry, diffusion, distillation (seed 004)
-    if cfg.growth.enabled:
-        from trainables.growth_events import EVENT_METRICS  # at the steps where the model grew
-
-        names |= EVENT_METRICS
-    return names

@@ -13,6 +13,8 @@ CheckpointWriter = Callable[[Path], None]
 class Reporter(Protocol):
     """Receives a flat metrics dict at every evaluation, with a checkpoint writer when one is due.
 
+    The names are those declared in :mod:`trainables.metric_names` (a contract test checks it).
+
     The Ray Train worker's reporter calls ``ray.train.report``; the Tune function trainable's calls
     ``ray.tune.report``; tests use :class:`ListReporter`.
     """

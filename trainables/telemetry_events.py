@@ -5,6 +5,7 @@ or S drifted, a bit-LM run reports ``telemetry/drift`` (the number of drifted me
 and ``telemetry/drift/<K|C|S>`` (each change); with ``telemetry.halt_on_drift`` also
 ``telemetry/halted`` = 1, after which the run stops. The tracker rebuilds the events from the run's
 metric history into :data:`EVENTS_ARTIFACT` and tags a halted run with :func:`drift_reason`.
+The names are declared in :mod:`trainables.metric_names`.
 Files a run leaves in its checkpoint's :data:`ARTIFACTS_DIR` (samples, ``distilled_metrics.json``)
 are uploaded to the run's artifacts when the trial ends.
 """
@@ -14,11 +15,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-MARKER = "telemetry/drift"  # reported exactly at the evaluations where a metric drifted
-HALTED = "telemetry/halted"
-COUNT = "telemetry/drift_events"
-CHANGE_PREFIX = "telemetry/drift/"
-METRIC_NAMES = ("K", "C", "S")
+from trainables.metric_names import (
+    TELEMETRY_DRIFT,
+    TELEMETRY_DRIFT_EVENTS,
+    TELEMETRY_DRIFT_PREFIX,
+    TELEMETRY_HALTED,
+    TELEMETRY_METRICS,
+)
+
+MARKER = TELEMETRY_DRIFT  # reported exactly at the evaluations where a metric drifted
+HALTED = TELEMETRY_HALTED
+COUNT = TELEMETRY_DRIFT_EVENTS
+CHANGE_PREFIX = TELEMETRY_DRIFT_PREFIX
+METRIC_NAMES = TELEMETRY_METRICS
 EVENT_METRICS = frozenset({MARKER, HALTED} | {f"{CHANGE_PREFIX}{m}" for m in METRIC_NAMES})
 EVENTS_ARTIFACT = "telemetry_events.json"
 ARTIFACTS_DIR = "artifacts"  # a checkpoint's folder of files for the run's MLflow artifacts
@@ -49,19 +58,3 @@ def events_from_history(history: Mapping[str, Mapping[int, float]]) -> list[dict
         event_from_metrics(step, {n: h[step] for n, h in history.items() if step in h})
         for step in sorted(history.get(MARKER, {}))
     ]
-
-
-def reported_metrics(cfg: Any) -> set[str]:
-    """The telemetry, diffusion and distillation metric names a run of ``cfg`` (a RunConfig)
-    reports: none unless ``model.arch`` is ``bit_lm``."""
-    if cfg.model.arch != "bit_lm":
-        return set()
-    names = {"telemetry/K", "telemetry/C", "telemetry/S", "telemetry/S_gen", "telemetry/refused",
-             "telemetry/gate_passed", COUNT} | EVENT_METRICS  # fmt: skip
-    names |= {f"loss/{m}" for m in METRIC_NAMES if getattr(cfg.loss, f"lambda_{m}") > 0}
-    if not cfg.model.causal:
-        names |= {"diffusion/parity_fixes", "val/parity_error"}
-    if cfg.distill.enabled:
-        fields = ("attempts", "passed", "d_model", "params", *METRIC_NAMES)
-        names |= {f"distill/{name}" for name in fields}
-    return names

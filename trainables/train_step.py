@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from trainables.objective import Objective, check_finite
+from trainables.objective import TrainingObjective, check_finite
 
 
 @dataclass
@@ -37,7 +37,7 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager[Non
 
 def accumulate_gradients(
     wrapped: nn.Module,
-    objective: Objective,
+    objective: TrainingObjective,
     micro_batches: Sequence[tuple[Tensor, Tensor]],
     step: int,
     *,

@@ -16,11 +16,15 @@ from trainables.config import RunConfig
 from trainables.loop import TrainResult, train
 from trainables.parallel import Parallel, pick_device
 from trainables.reporting import CheckpointWriter
+from trainables.trial_settings import RUN_CONFIG_KEY, TRIAL_SETTINGS_KEY, trial_settings
 
-# Keys of the dict a trial passes to a worker (``train_loop_config``).
-RUN_CONFIG_KEY = "run_config"
-STRATEGY_KEY = "strategy"
-CHECKPOINT_EVERY_KEY = "checkpoint_every"
+__all__ = [
+    "RUN_CONFIG_KEY",
+    "TRIAL_SETTINGS_KEY",
+    "RayReporter",
+    "train_fn_per_worker",
+    "tune_function_trainable",
+]
 
 
 class RayReporter:
@@ -73,11 +77,13 @@ def _restored_copy(checkpoint: Any) -> Path | None:
 
 def _run(config: dict[str, Any], report_fn: Callable[..., None], checkpoint_cls: type,
          checkpoint: Any, local_rank: int) -> TrainResult:  # fmt: skip
-    cfg = RunConfig.from_flat(config[RUN_CONFIG_KEY])
+    # a searched quant.scheme drops the base scheme's options it does not take
+    cfg = RunConfig.from_flat(config[RUN_CONFIG_KEY], retarget_quant=True)
+    settings = trial_settings(config)
     device = pick_device(cfg.train.device, local_rank)
     find_unused = cfg.model.early_exit or cfg.model.layer_dropout > 0 or cfg.loss.lambda_exit > 0
     parallel = Parallel.from_environment(
-        config.get(STRATEGY_KEY, "none"), device, find_unused_parameters=find_unused
+        settings.strategy, device, find_unused_parameters=find_unused
     )
     resume_from = _restored_copy(checkpoint)
     try:
@@ -86,7 +92,7 @@ def _run(config: dict[str, Any], report_fn: Callable[..., None], checkpoint_cls:
             reporter=RayReporter(report_fn, checkpoint_cls, parallel),
             parallel=parallel,
             resume_from=resume_from,
-            checkpoint_every=config.get(CHECKPOINT_EVERY_KEY),
+            checkpoint_every=settings.checkpoint_every,
         )
     finally:
         if resume_from is not None:
@@ -96,8 +102,10 @@ def _run(config: dict[str, Any], report_fn: Callable[..., None], checkpoint_cls:
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: one rank of a DDP / FSDP2 run.
 
-    ``config`` holds the flat run config (``run_config``), the ``strategy`` and optionally
-    ``checkpoint_every``. Resumes from ``ray.train.get_checkpoint()`` after a worker-group restart.
+    ``config`` holds the flat run config under ``RUN_CONFIG_KEY`` and the
+    :class:`~trainables.trial_settings.TrialSettings` (strategy, checkpoint cadence) under
+    ``TRIAL_SETTINGS_KEY`` (see :func:`trainables.trial_settings.worker_config`). Resumes from
+    ``ray.train.get_checkpoint()`` after a worker-group restart.
     """
     import ray.train
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from trainables.errors import UserInputError
 
-class DataError(ValueError):
+
+class DataError(UserInputError, ValueError):
     """A data setting cannot be satisfied; the message names the setting and how to fix it.
 
     It subclasses ``ValueError`` so callers that already treat invalid configuration as a

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import UserInputError
 from ..quant.checkpoint import (
     MANIFEST_FILE,
     TENSORS_FILE,
@@ -27,7 +28,7 @@ PACKED_DIR = "packed"  # the loop's sub-directory of a final checkpoint (trainab
 ADAPTER_PREFIX = "model."  # HFCausalLMAdapter wraps the Hugging Face model as ``.model``
 
 
-class ExportError(ValueError):
+class ExportError(UserInputError, ValueError):
     """An export that cannot be written faithfully (the message names the reason and the fix)."""
 
 

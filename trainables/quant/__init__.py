@@ -1,88 +1,113 @@
 """The quantized-model core: pure single-device PyTorch (no Ray, MLflow or torch.distributed).
 
 Config, quantizer, layer and swap pass are kept apart; a scheme is a module registered by name.
+Importing the package registers the built-in schemes without loading torch (the run config reads
+the registry); the names below are imported from their modules on first use.
 """
 
-from . import schemes as _schemes  # noqa: F401  (registers the built-in schemes)
-from .adaptive import AdaptiveBitLinear, DeployedAdaptiveLinear, absmax_fake_quantize
-from .base import QuantLayer
-from .bin_reg import (
-    ActivationCapture,
-    BinRegConfig,
-    activation_bin_regularization,
-    bin_reg_loss,
-    bin_reg_terms,
-    bin_regularization,
-    br_active,
-    br_warmup_steps,
-    render_br_banner,
-    weight_bin_regularization,
-)
-from .bit_usage import (
-    BitBalancedCrossEntropy,
-    collect_bit_usage,
-    compute_total_bit_usage,
-    count_trainable_parameters,
-)
-from .bitlinear import BitLinear, HBitLinear, PackedTernaryLinear, TernaryLinear, configure_ternary
-from .checkpoint import (
-    CheckpointError,
-    PackedCheckpoint,
-    load_packed_checkpoint,
-    load_packed_into,
-    save_packed_checkpoint,
-)
-from .hadamard import (
-    fwht,
-    hadamard_block_size,
-    hadamard_factors,
-    hadamard_matrix,
-    hadamard_transform,
-)
-from .losses import quantization_mse, record_quant_errors
-from .lsq import (
-    DeployedLSQConv2d,
-    DeployedLSQLinear,
-    LSQConv2d,
-    LSQLayer,
-    LSQLinear,
-    LSQQuantizer,
-    lsq_grad_scale,
-    lsq_init_step,
-    lsq_quantize,
-    lsq_range,
-)
-from .optim import bit_width_parameters, param_groups
-from .packing import CODES_PER_BYTE, pack_ternary, packed_length, unpack_ternary
-from .quantizers import (
-    activation_codes,
-    activation_quantize,
-    blend,
-    blend_activation,
-    blend_ternary,
-    ste,
-    ternary_dequantize,
-    ternary_quantize,
-    ternary_ste,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import schemes as _schemes  # noqa: F401  (registers the built-in schemes; torch-free)
 from .registry import LayerContext, Scheme, available_schemes, get_scheme, register_scheme
-from .schedule import (
-    DEFAULT_APPLIES_TO,
-    SCHEDULE_KINDS,
-    LambdaSchedule,
-    apply_lambda_schedule,
-    in_schedule_scope,
-    quant_layers,
-    set_quant_lambda,
-)
-from .step_size import (
-    alpha_frozen,
-    freeze_alpha,
-    initialize_step_sizes,
-    step_size_parameters,
-    unfreeze_alpha,
-)
-from .swap import QuantRecipe, apply_recipe, convert, dequantize, prepare, quant_recipe
+
+# public name -> the submodule that defines it (imported lazily: most of them load torch)
+_LAZY: dict[str, str] = {
+    "CODES_PER_BYTE": "packing",
+    "DEFAULT_APPLIES_TO": "schedule",
+    "SCHEDULE_KINDS": "schedule",
+    "ActivationCapture": "bin_reg",
+    "AdaptiveBitLinear": "adaptive",
+    "BinRegConfig": "bin_reg",
+    "BitBalancedCrossEntropy": "bit_usage",
+    "BitLinear": "bitlinear",
+    "CheckpointError": "checkpoint",
+    "DeployedAdaptiveLinear": "adaptive",
+    "DeployedLSQConv2d": "lsq",
+    "DeployedLSQLinear": "lsq",
+    "HBitLinear": "bitlinear",
+    "LSQConv2d": "lsq",
+    "LSQLayer": "lsq",
+    "LSQLinear": "lsq",
+    "LSQQuantizer": "lsq",
+    "LambdaSchedule": "schedule",
+    "PackedCheckpoint": "checkpoint",
+    "PackedTernaryLinear": "bitlinear",
+    "QuantLayer": "base",
+    "QuantRecipe": "swap",
+    "TernaryLinear": "bitlinear",
+    "absmax_fake_quantize": "adaptive",
+    "activation_bin_regularization": "bin_reg",
+    "activation_codes": "quantizers",
+    "activation_quantize": "quantizers",
+    "alpha_frozen": "step_size",
+    "apply_lambda_schedule": "schedule",
+    "apply_recipe": "swap",
+    "bin_reg_loss": "bin_reg",
+    "bin_reg_terms": "bin_reg",
+    "bin_regularization": "bin_reg",
+    "bit_width_parameters": "optim",
+    "blend": "quantizers",
+    "blend_activation": "quantizers",
+    "blend_ternary": "quantizers",
+    "br_active": "bin_reg",
+    "br_warmup_steps": "bin_reg",
+    "collect_bit_usage": "bit_usage",
+    "compute_total_bit_usage": "bit_usage",
+    "configure_ternary": "bitlinear",
+    "convert": "swap",
+    "count_trainable_parameters": "bit_usage",
+    "dequantize": "swap",
+    "freeze_alpha": "step_size",
+    "fwht": "hadamard",
+    "hadamard_block_size": "hadamard",
+    "hadamard_factors": "hadamard",
+    "hadamard_matrix": "hadamard",
+    "hadamard_transform": "hadamard",
+    "in_schedule_scope": "schedule",
+    "initialize_step_sizes": "step_size",
+    "load_packed_checkpoint": "checkpoint",
+    "load_packed_into": "checkpoint",
+    "lsq_grad_scale": "lsq",
+    "lsq_init_step": "lsq",
+    "lsq_quantize": "lsq",
+    "lsq_range": "lsq",
+    "pack_ternary": "packing",
+    "packed_length": "packing",
+    "param_groups": "optim",
+    "prepare": "swap",
+    "quant_layers": "schedule",
+    "quant_recipe": "swap",
+    "quantization_mse": "losses",
+    "record_quant_errors": "losses",
+    "render_br_banner": "bin_reg",
+    "save_packed_checkpoint": "checkpoint",
+    "set_quant_lambda": "schedule",
+    "ste": "quantizers",
+    "step_size_parameters": "step_size",
+    "ternary_dequantize": "quantizers",
+    "ternary_quantize": "quantizers",
+    "ternary_ste": "quantizers",
+    "unfreeze_alpha": "step_size",
+    "unpack_ternary": "packing",
+    "weight_bin_regularization": "bin_reg",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:  # a submodule (``trainables.quant.lsq``), as when all were imported here
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CODES_PER_BYTE",

@@ -24,20 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import QuantLayer
-from .lsq import MAX_BITS, MIN_BITS, check_bits
-from .quantizers import DEFAULT_EPS
-
-
-def check_bit_range(init_bits: float, min_bits: int, max_bits: int) -> None:
-    """Validate an adaptive bit-width setting: bounds in 2..8, ``min <= init <= max``."""
-    check_bits(min_bits, "min_bits")
-    check_bits(max_bits, "max_bits")
-    if min_bits > max_bits:
-        raise ValueError(f"min_bits must be <= max_bits, got min_bits={min_bits} > {max_bits}")
-    if not min_bits <= init_bits <= max_bits:
-        raise ValueError(
-            f"init_bits must be in [min_bits, max_bits] = [{min_bits}, {max_bits}], got {init_bits}"
-        )
+from .bounds import DEFAULT_EPS, MAX_BITS, MIN_BITS, check_bit_range, check_bits
 
 
 class _ClampInward(torch.autograd.Function):

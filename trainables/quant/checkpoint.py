@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..errors import UserInputError
 from .bitlinear import BitLinear, TernaryLinear
 from .packing import pack_ternary, unpack_ternary
 from .quantizers import ternary_quantize
@@ -33,7 +34,7 @@ TENSORS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError, ValueError):
     """A packed checkpoint that is missing, truncated, tampered with or of another format."""
 
 

@@ -15,12 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MIN_BLOCK = 8
-
-
-def is_power_of_two(n: int) -> bool:
-    """True for 1, 2, 4, 8, ..."""
-    return n > 0 and n & (n - 1) == 0
+from .bounds import MIN_BLOCK, is_power_of_two
 
 
 def hadamard_block_size(features: int, max_block: int | None = None) -> int:

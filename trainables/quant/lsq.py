@@ -27,22 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import QuantLayer
+from .bounds import MAX_BITS, MIN_BITS, Signedness, check_bits  # noqa: F401  (re-exported)
 
-MIN_BITS, MAX_BITS = 2, 8
 # Keeps s > 0: the paper leaves s unconstrained, but s <= 0 would divide by zero.
 MIN_STEP = 1e-8
 # Step of an all-zero tensor (e.g. a zero-initialized projection), where 2*mean|v|/sqrt(Q_P) is 0.
 ZERO_TENSOR_STEP = 1e-3
 
-Signedness = bool | Literal["auto"]
 QuantizerKind = Literal["weight", "activation"]
-
-
-def check_bits(bits: int, name: str = "bits") -> int:
-    """Validate a bit-width of LSQ / adaptive quantization: an integer in 2..8."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{name} must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    return bits
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:

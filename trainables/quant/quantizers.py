@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-DEFAULT_EPS = 1e-5
+from .bounds import DEFAULT_EPS
 
 
 class _ActivationSTE(torch.autograd.Function):

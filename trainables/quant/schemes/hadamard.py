@@ -11,13 +11,16 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ..bitlinear import BitLinear, HBitLinear
-from ..hadamard import is_power_of_two
-from ..registry import LayerContext, Scheme, register_scheme
+from ..bounds import MIN_BLOCK, is_power_of_two
+from ..registry import TERNARY_WEIGHTS, LayerContext, Scheme, register_scheme
 from .ternary import TernaryOptions
+
+if TYPE_CHECKING:  # the layers load torch: imported where a model is built, not by the config
+    from torch import nn
+
+    from ..bitlinear import BitLinear
 
 BITNET_V2_LAYERS: tuple[str, ...] = ("o_proj", "down_proj")
 
@@ -50,8 +53,12 @@ class HadamardOptions(TernaryOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.block_size is not None and not is_power_of_two(self.block_size):
-            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.block_size is not None and not (
+            is_power_of_two(self.block_size) and self.block_size >= MIN_BLOCK
+        ):
+            raise ValueError(
+                f"block_size must be a power of two >= {MIN_BLOCK} (or None), got {self.block_size}"
+            )
         layers = self.hadamard_layers
         if isinstance(layers, str):
             layers = tuple(part.strip() for part in layers.split(",") if part.strip())
@@ -65,6 +72,10 @@ class HadamardOptions(TernaryOptions):
 
 
 def _build(module: nn.Module, context: LayerContext, options: HadamardOptions) -> BitLinear | None:
+    from torch import nn
+
+    from ..bitlinear import BitLinear, HBitLinear
+
     if not isinstance(module, nn.Linear):
         return None
     common = {"act_bits": options.act_bits, "input_norm": options.input_norm, "eps": options.eps}
@@ -94,5 +105,6 @@ SCHEME = register_scheme(
         HadamardOptions,
         _build,
         check=_check,
+        capabilities=frozenset({TERNARY_WEIGHTS}),
     )
 )

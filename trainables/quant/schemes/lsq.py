@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from ..bounds import Signedness, check_bits
+from ..registry import LEARNED_STEP_SIZES, LayerContext, Scheme, register_scheme
 
-from ..lsq import LSQConv2d, LSQLinear, Signedness, check_bits
-from ..registry import LayerContext, Scheme, register_scheme
+if TYPE_CHECKING:  # the layers load torch: imported where a model is built, not by the config
+    from torch import nn
+
+    from ..lsq import LSQConv2d, LSQLinear
 
 FirstLastPolicy = Literal["8bit", "fp", "same"]
 FIRST_LAST_POLICIES: tuple[str, ...] = ("8bit", "fp", "same")
@@ -75,6 +78,10 @@ def _check(names: Sequence[str], options: LSQOptions) -> None:
 def _build(
     module: nn.Module, context: LayerContext, options: LSQOptions
 ) -> LSQLinear | LSQConv2d | None:
+    from torch import nn
+
+    from ..lsq import LSQConv2d, LSQLinear
+
     weight_bits, act_bits = options.weight_bits, options.act_bits
     if context.is_first or context.is_last:
         if options.first_last == "fp" and context.name not in (options.layer_bits or {}):
@@ -98,5 +105,6 @@ SCHEME = register_scheme(
         LSQOptions,
         _build,
         check=_check,
+        capabilities=frozenset({LEARNED_STEP_SIZES}),
     )
 )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+from ..bounds import DEFAULT_EPS
+from ..registry import TERNARY_WEIGHTS, LayerContext, Scheme, register_scheme
 
-from ..bitlinear import BitLinear
-from ..quantizers import DEFAULT_EPS
-from ..registry import LayerContext, Scheme, register_scheme
+if TYPE_CHECKING:  # the layers load torch: imported where a model is built, not by the config
+    from torch import nn
+
+    from ..bitlinear import BitLinear
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +36,10 @@ class TernaryOptions:
 
 
 def _build(module: nn.Module, context: LayerContext, options: TernaryOptions) -> BitLinear | None:
+    from torch import nn
+
+    from ..bitlinear import BitLinear
+
     if not isinstance(module, nn.Linear):
         return None
     return BitLinear.from_linear(
@@ -46,5 +53,6 @@ SCHEME = register_scheme(
         "BitNet b1.58 BitLinear: ternary weights, 8-bit activations",
         TernaryOptions,
         _build,
+        capabilities=frozenset({TERNARY_WEIGHTS}),
     )
 )

@@ -1,0 +1,180 @@
+"""One trial's child run as the tracker keeps and writes it: its record, params, best values,
+growth events and the files of its last checkpoint.
+
+:class:`orchestrator.tracking.SweepTracker` holds a :class:`TrialRun` per trial and calls these
+helpers; names and paths are :mod:`orchestrator.run_layout`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainables.growth_events import EVENT_METRICS as GROWTH_EVENT_METRICS
+from trainables.growth_events import EVENTS_ARTIFACT as GROWTH_EVENTS_ARTIFACT
+from trainables.growth_events import events_from_history
+
+from .run_layout import (
+    ARTIFACTS_DIR,
+    MAX_KEY,
+    PACKED_DIR,
+    PACKED_MODEL,
+    PARAMS_PER_BATCH,
+    RUNNING,
+    best_value,
+    encode_param,
+    metric_history,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from .analysis import Objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRun:
+    """What the tracker knows about one trial's child run."""
+
+    trial_id: str
+    run_id: str
+    params: dict[str, Any] = field(default_factory=dict)  # as given, typed
+    last_step: int = -1  # the highest step already in MLflow
+    full_history: bool = True  # False when reused: steps before this process are not in `best`
+    best: dict[str, float] = field(default_factory=dict)
+    status: str = RUNNING
+    stop_seen: bool = False  # a result arrived with done=True: Tune (a scheduler) ended it
+    stopped_early: bool = False
+    checkpoint: tuple[str, Any] | None = None  # (path, pyarrow filesystem or None)
+
+    def short(self) -> bool:
+        """Whether the trial ended before its planned ``train.steps`` (or has no plan)."""
+        planned = self.params.get("train.steps")
+        try:
+            return planned is None or self.last_step < int(planned)
+        except (TypeError, ValueError):
+            return True
+
+
+def new_params(params: Mapping[str, Any], logged: Mapping[str, str]) -> dict[str, str]:
+    """The encoded params still to log on a run that holds ``logged``.
+
+    MLflow refuses to change a param: a value that differs from the logged one keeps the first
+    (with a warning), as a resumed trial whose config changed does.
+    """
+    todo: dict[str, str] = {}
+    for key, value in params.items():
+        key, text = str(key)[:MAX_KEY], encode_param(value)
+        if key not in logged:
+            todo[key] = text
+        elif logged[key] != text:
+            log.warning("param %s changed on resume; keeping %r", key, logged[key])
+    return todo
+
+
+def log_params(
+    client: MlflowClient, run_id: str, params: Mapping[str, Any], logged: Mapping[str, str]
+) -> None:
+    """Log the :func:`new_params` of a run, in batches within MLflow's limit."""
+    from mlflow.entities import Param
+
+    todo = [Param(k, v) for k, v in new_params(params, logged).items()]
+    for i in range(0, len(todo), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=todo[i : i + PARAMS_PER_BATCH])
+
+
+def last_logged_step(client: MlflowClient, run: Run) -> int:
+    """The highest step a run has metrics at (-1 for none)."""
+    if "step" in run.data.metrics:  # logged with every result, so its latest is the last step
+        return int(run.data.metrics["step"])
+    if not run.data.metrics:
+        return -1
+    key = next(iter(run.data.metrics))
+    return max((step for step, _ in metric_history(client, run.info.run_id, key)), default=-1)
+
+
+def update_best(
+    best: dict[str, float], metrics: Mapping[str, float], objectives: Iterable[Objective]
+) -> None:
+    """Fold one result's ``metrics`` into ``best`` (objective -> best value so far)."""
+    for name, mode in objectives:
+        value = metrics.get(name)
+        if value is not None and not math.isnan(value):
+            best[name] = best_value([best[name], value] if name in best else [value], mode)
+
+
+def log_growth_events(client: Any, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+    """Rewrite the run's ``growth_events.json`` from its ``growth/*`` metric history (seed 004).
+
+    Rebuilt from what MLflow holds (plus this step's ``metrics``), so it stays complete when a
+    restored sweep's tracker did not see the earlier growths.
+    """
+    history = {
+        name: dict(metric_history(client, run_id, name)) for name in sorted(GROWTH_EVENT_METRICS)
+    }
+    for name in GROWTH_EVENT_METRICS & metrics.keys():
+        history[name][step] = metrics[name]
+    events = events_from_history(history)
+    client.log_text(run_id, json.dumps(events, indent=2), GROWTH_EVENTS_ARTIFACT)
+
+
+def local_checkpoint_dir(
+    path: str, filesystem: Any, tmp: Path, name: str = PACKED_DIR
+) -> Path | None:
+    """A local folder with the checkpoint's ``name/`` (downloaded into ``tmp`` if remote)."""
+    import pyarrow.fs as pafs
+
+    if filesystem is None and "://" in path:
+        filesystem, path = pafs.FileSystem.from_uri(path)
+    if filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
+        local = Path(path) / name
+        return local if local.is_dir() else None
+    source = f"{path.rstrip('/')}/{name}"
+    if filesystem.get_file_info(source).type != pafs.FileType.Directory:
+        return None
+    target = tmp / name
+    pafs.copy_files(
+        source,
+        str(target),
+        source_filesystem=filesystem,
+        destination_filesystem=pafs.LocalFileSystem(),
+    )
+    return target
+
+
+def storage_filesystem(path: str, storage_path: str | None) -> Any:
+    """The pyarrow filesystem of a scheme-less checkpoint path on remote storage (s3://, gs://),
+    or None for a local path or a URI.
+
+    Train V2 reports ``checkpoint_path`` relative to its storage filesystem ("bucket/..."), so the
+    sweep's ``storage_path`` URI tells which filesystem that is.
+    """
+    if "://" in path or not storage_path or "://" not in storage_path:
+        return None
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(storage_path)[0]
+
+
+def upload_checkpoint(client: Any, run_id: str, path: str, filesystem: Any) -> list[str]:
+    """Log a checkpoint's packed model as ``model/packed`` and its ``artifacts/`` (seed 003's
+    self-generated JSONL and filter counts) at the run's artifact root; returns what was found."""
+    uploaded = []
+    for name, target in ((PACKED_DIR, PACKED_MODEL), (ARTIFACTS_DIR, None)):
+        with tempfile.TemporaryDirectory(prefix="bitsweep-packed-") as tmp:
+            local = local_checkpoint_dir(path, filesystem, Path(tmp), name)
+            if local is None:
+                log.debug("run %s: no %s/ in checkpoint %s", run_id, name, path)
+                continue
+            client.log_artifacts(run_id, str(local), target)
+            uploaded.append(name)
+    return uploaded

@@ -1,0 +1,185 @@
+"""Ray Tune's side of the tracking: the callback that feeds a :class:`SweepTracker`.
+
+Everything is written from the Tune driver process (DESIGN.md): :class:`MLflowTuneCallback`
+turns Tune's driver-side hooks into the tracker's ``trial_*`` calls, never touching MLflow from a
+worker. :func:`build_trial_table` makes the trial table from Tune's own results when there is
+no tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from ray.tune import Callback
+
+from trainables.trial_settings import RUN_CONFIG_KEY
+
+from .analysis import Objective
+from .run_layout import (
+    BEST_PREFIX,
+    FAILED,
+    FINISHED,
+    best_value,
+    contract_metrics,
+    flatten_config,
+)
+from .tracking import SweepTracker
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+log = logging.getLogger(__name__)
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The params of a Tune trial config: the trial's dotted run config.
+
+    A config with a ``run_config`` mapping is a bitsweep trial: ``orchestrator.trials`` owns its
+    layout (scenario overrides, the scenario label). Any other config is flattened whole.
+    """
+    if isinstance(config.get(RUN_CONFIG_KEY), Mapping):
+        try:
+            from .trials import trial_params as bitsweep_trial_params
+
+            return bitsweep_trial_params(dict(config))
+        except (ImportError, KeyError, TypeError):
+            return flatten_config(config[RUN_CONFIG_KEY])
+    return flatten_config(config)
+
+
+def build_trial_table(
+    source: SweepTracker | Iterable[Any], objectives: Sequence[Objective] = ()
+) -> pd.DataFrame:
+    """The trial table from a tracker (MLflow's child runs) or from Tune results (a ResultGrid).
+
+    From Tune results there is no ``run_id`` and ``status`` is ``failed`` or ``finished``.
+    """
+    if isinstance(source, SweepTracker):
+        return source.trial_table()
+    rows = []
+    for result in source:
+        metrics = dict(result.metrics or {})
+        row: dict[str, Any] = {
+            "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
+            "run_id": None,
+            "status": FAILED if result.error else FINISHED,
+            **trial_params(result.config or {}),
+            **contract_metrics(metrics),
+        }
+        history = result.metrics_dataframe
+        for name, mode in objectives:
+            series = history[name] if history is not None and name in history else pd.Series([])
+            values = pd.to_numeric(series, errors="coerce").tolist()
+            row[f"{BEST_PREFIX}{name}"] = best_value(values, mode)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def trial_error_reason(trial: Trial) -> tuple[str, str]:
+    """(one-line reason, full text) of a failed Tune trial's error.
+
+    Read from the driver's staging copies (``trial.pickled_error_file``, ``trial.error_file``):
+    when ``on_trial_error`` runs they are not yet synced to the storage that ``get_error`` reads.
+    """
+    exc: BaseException | None = None
+    full = ""
+    try:
+        if trial.pickled_error_file and os.path.exists(trial.pickled_error_file):
+            from ray import cloudpickle  # Tune wrote it with Ray's cloudpickle
+
+            with open(trial.pickled_error_file, "rb") as f:
+                exc = cloudpickle.load(f)
+        if trial.error_file and os.path.exists(trial.error_file):
+            full = Path(trial.error_file).read_text(errors="replace")
+    except Exception as err:  # an unpicklable error must not hide the failure itself
+        log.debug("could not read the error of trial %s: %s", trial.trial_id, err)
+    if exc is not None:
+        cause = getattr(exc, "cause", None) or exc
+        first = str(cause).strip().splitlines()
+        reason = f"{type(cause).__name__}: {first[0] if first else ''}".rstrip(": ")
+    else:
+        lines = [line.strip() for line in full.splitlines() if line.strip()]
+        reason = lines[-1] if lines else "unknown error"
+    return reason, full or reason
+
+
+class MLflowTuneCallback(Callback):
+    """Drives a :class:`SweepTracker` from Tune's driver-side hooks (never from the workers).
+
+    ``strict=False`` (the default) logs MLflow failures during the sweep as warnings instead of
+    failing the sweep: an hours-long search should not die for a lost metric. Tests use strict.
+    """
+
+    def __init__(
+        self,
+        tracker: SweepTracker,
+        *,
+        strict: bool = False,
+        params_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.strict = strict
+        # A module-level function: Tune pickles its callbacks into tuner.pkl.
+        self.params_fn = params_fn or trial_params
+
+    def _guard(self, what: str, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except Exception as err:
+            if self.strict:
+                raise
+            log.warning("MLflow logging failed (%s); the sweep goes on: %s", what, err)
+
+    def setup(self, **info: Any) -> None:
+        """Connect the tracker (a restored Tuner brings an unpickled, unconnected one)."""
+        if not self.tracker.started:
+            self.tracker.start()
+
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """Open the trial's child run with its params."""
+        self._guard(
+            "trial start",
+            lambda: self.tracker.trial_started(trial.trial_id, self.params_fn(trial.config)),
+        )
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        """Log the result's contract metrics at its step."""
+        self._guard(
+            "result",
+            lambda: self.tracker.log_result(trial.trial_id, result, self.params_fn(trial.config)),
+        )
+
+    def on_checkpoint(
+        self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any
+    ) -> None:
+        """Remember a checkpoint Tune persisted (one-worker trials report them to Tune)."""
+        self._guard(
+            "checkpoint",
+            lambda: self.tracker.set_checkpoint(
+                trial.trial_id, checkpoint.path, checkpoint.filesystem
+            ),
+        )
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """End the child run as finished or stopped early, uploading the packed model."""
+        if not self.tracker.knows(trial.trial_id) and not trial.last_result:
+            return  # a pending trial removed at the end of the sweep never ran: no run for it
+        self._guard("trial end", lambda: self.tracker.trial_finished(trial.trial_id))
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """End the child run as failed with the error's reason (the traceback as error.txt)."""
+        reason, full = trial_error_reason(trial)
+        self._guard("trial error", lambda: self.tracker.trial_failed(trial.trial_id, reason, full))
