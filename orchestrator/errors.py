@@ -9,6 +9,7 @@ without importing each other.
 
 from __future__ import annotations
 
+from trainables.config import ConfigError
 from trainables.errors import UserInputError
 
 # Exit codes: 0 success, 2 bad input (one readable message, no traceback), 1 the sweep itself
@@ -19,6 +20,10 @@ EXIT_TERMINATED = 143  # SIGTERM: stopped like Ctrl+C (128 + 15)
 
 class UserError(UserInputError):
     """A mistake in what the user asked for: printed as one line, exit code 2."""
+
+
+class SweepSpecError(ConfigError):
+    """A sweep file, preset or override that does not validate."""
 
 
 class NoSavedSweepError(UserError, FileNotFoundError):
@@ -33,6 +38,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_TERMINATED",
     "NoSavedSweepError",
+    "SweepSpecError",
     "UserError",
     "UserInputError",
 ]

@@ -12,11 +12,18 @@ The space here is the raw document (plain mappings), before it is validated.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import yaml
+
+from orchestrator.errors import SweepSpecError
 from orchestrator.tune_space import SCENARIO_KEY
-from trainables.config import ConfigError
+from trainables.config import ConfigError, flatten, unflatten, unknown_key_message
+from trainables.quant_config import retarget_document
+
+NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def shown(value: Any) -> str:
@@ -86,3 +93,91 @@ def drop(space: dict[str, Any], key: str, pinned: Iterable[str] = ()) -> None:
         raise ConfigError(
             [(f"search.space.{key}", f"{key!r} is not searched (searched keys: {searched})")]
         )
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.steps=50", "quant.scheme=hadamard"]`` -> typed values (YAML scalars)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SweepSpecError(
+                [(item, "an override must look like KEY=VALUE, e.g. train.steps=50")]
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise SweepSpecError([(key, f"cannot parse value {raw!r}: {err}")]) from None
+        overrides[key.strip()] = _number_or_text(value)
+    return overrides
+
+
+def _number_or_text(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as text; a command line user means the number."""
+    if isinstance(value, str) and NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+SPACE_PREFIX = "search.space."
+DIST_FIELDS = ("dist", "low", "high", "step", "values")
+
+
+def _apply_space_override(
+    space: dict[str, Any], key: str, value: Any, pinned: Iterable[str] = ()
+) -> None:
+    """``search.space.K=MAPPING`` sets K's distribution, ``=null`` drops it, ``K.low=V`` edits it"""
+    rest = key[len(SPACE_PREFIX) :]
+    head, _, field = rest.rpartition(".")
+    if field in DIST_FIELDS and head in space:
+        space[head] = {**dict(space[head]), field: value}
+    elif value is None:
+        drop(space, rest, pinned)
+    else:
+        space[rest] = value
+
+
+def apply_overrides(
+    document: dict[str, Any],
+    overrides: Mapping[str, Any],
+    keys: set[str],
+    default_samples: int,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Apply dotted overrides to a sweep ``document``; one of a searched key pins it (a line in
+    ``notes`` says so). ``keys``: every settable dotted key besides those the document has;
+    ``default_samples``: ``search.num_samples`` when the document does not set it."""
+    document = dict(document)
+    search = dict(document.get("search") or {})
+    # search.space keys are dotted run-config keys themselves: keep them out of the flattening
+    space = dict(search.pop("space", None) or {})
+    document["search"] = search
+    flat = flatten(document)
+    candidates = set(flat) | keys
+    notes = notes if notes is not None else []
+    searched, pinned = bool(space), set[str]()
+    for key, value in overrides.items():
+        try:
+            if key == SPACE_PREFIX.rstrip("."):  # search.space={} empties it
+                space = whole_space(value)
+                continue
+            if key.startswith(SPACE_PREFIX):
+                _apply_space_override(space, key, value, pinned)
+                continue
+            if key not in candidates:
+                raise SweepSpecError([(key, unknown_key_message(key, candidates))])
+            note = pin(space, key, value)  # a searched key: fixed, not searched
+        except ConfigError as err:
+            raise SweepSpecError(err.problems) from None
+        if note:
+            notes.append(note)
+            pinned.add(key)
+        flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
+        flat[key] = value
+    samples = flat.get("search.num_samples", default_samples)
+    note = empty_space_note(samples) if searched and not space else None
+    notes.extend([note] if note else [])
+    result = unflatten(flat)
+    retarget_document(document, result, overrides)  # quant.scheme=X: drop what X does not take
+    result.setdefault("search", {})["space"] = space
+    return result

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from orchestrator import space_overrides
+from orchestrator.errors import SweepSpecError
 from orchestrator.search_spec import (  # noqa: F401 - part of spec's public names
     Distribution,
     ObjectiveSpec,
@@ -34,29 +35,22 @@ from orchestrator.search_spec import (  # noqa: F401 - part of spec's public nam
     SearchSpec,
     _Block,
 )
+from orchestrator.space_overrides import parse_overrides
 from orchestrator.tune_space import SCENARIO_KEY, is_scenario
 from trainables import metric_names
 from trainables.config import (
     ConfigError,
     RunConfig,
     describe_validation_error,
-    flatten,
     section_fields,
-    unflatten,
     unknown_key_message,
 )
-from trainables.quant_config import retarget_document
 
 # every section of the run config (a section added there is a sweep key at once: resume reads it)
 RUN_SECTIONS = tuple(RunConfig.model_fields)
 DEFAULT_STORAGE = "bitsweep_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-class SweepSpecError(ConfigError):
-    """A sweep file, preset or override that does not validate."""
 
 
 class ResourcesSpec(_Block):
@@ -163,86 +157,13 @@ class SweepSpec(_Block):
 # --- building ----------------------------------------------------------------------------------
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["train.steps=50", "quant.scheme=hadamard"]`` -> typed values (YAML scalars)."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SweepSpecError(
-                [(item, "an override must look like KEY=VALUE, e.g. train.steps=50")]
-            )
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise SweepSpecError([(key, f"cannot parse value {raw!r}: {err}")]) from None
-        overrides[key.strip()] = _number_or_text(value)
-    return overrides
-
-
-def _number_or_text(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as text; a command line user means the number."""
-    if isinstance(value, str) and NUMBER.match(value.strip()):
-        return float(value)
-    return value
-
-
-SPACE_PREFIX = "search.space."
-DIST_FIELDS = ("dist", "low", "high", "step", "values")
-
-
-def _apply_space_override(
-    space: dict[str, Any], key: str, value: Any, pinned: Iterable[str] = ()
-) -> None:
-    """``search.space.K=MAPPING`` sets K's distribution, ``=null`` drops it, ``K.low=V`` edits it"""
-    rest = key[len(SPACE_PREFIX) :]
-    head, _, field = rest.rpartition(".")
-    if field in DIST_FIELDS and head in space:
-        space[head] = {**dict(space[head]), field: value}
-    elif value is None:
-        space_overrides.drop(space, rest, pinned)
-    else:
-        space[rest] = value
-
-
 def _apply_overrides(
     document: dict[str, Any], overrides: Mapping[str, Any], notes: list[str] | None = None
 ) -> dict[str, Any]:
-    """Apply dotted overrides; one of a searched key pins it (a line in ``notes`` says so)."""
-    document = dict(document)
-    search = dict(document.get("search") or {})
-    # search.space keys are dotted run-config keys themselves: keep them out of the flattening
-    space = dict(search.pop("space", None) or {})
-    document["search"] = search
-    flat = flatten(document)
-    candidates = set(flat) | {f"{s}.{f}" for s, f in _all_section_fields()}
-    notes = notes if notes is not None else []
-    searched, pinned = bool(space), set[str]()
-    for key, value in overrides.items():
-        try:
-            if key == SPACE_PREFIX.rstrip("."):  # search.space={} empties it
-                space = space_overrides.whole_space(value)
-                continue
-            if key.startswith(SPACE_PREFIX):
-                _apply_space_override(space, key, value, pinned)
-                continue
-            if key not in candidates:
-                raise SweepSpecError([(key, unknown_key_message(key, candidates))])
-            note = space_overrides.pin(space, key, value)  # a searched key: fixed, not searched
-        except ConfigError as err:
-            raise SweepSpecError(err.problems) from None
-        if note:
-            notes.append(note)
-            pinned.add(key)
-        flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
-        flat[key] = value
-    samples = flat.get("search.num_samples", SearchSpec.model_fields["num_samples"].default)
-    note = space_overrides.empty_space_note(samples) if searched and not space else None
-    notes.extend([note] if note else [])
-    result = unflatten(flat)
-    retarget_document(document, result, overrides)  # quant.scheme=X: drop what X does not take
-    result.setdefault("search", {})["space"] = space
-    return result
+    """Apply dotted overrides to ``document`` (see :func:`space_overrides.apply_overrides`)."""
+    candidates = {f"{s}.{f}" for s, f in _all_section_fields()}
+    default_samples = SearchSpec.model_fields["num_samples"].default
+    return space_overrides.apply_overrides(document, overrides, candidates, default_samples, notes)
 
 
 def _all_section_fields() -> Iterable[tuple[str, str]]:
