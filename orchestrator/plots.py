@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -30,99 +26,38 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .analysis import Objective, TableLike, as_frame, objective_matrix, pareto_front
+from .layer_plots import bit_widths_plot, exit_distribution_plot
+from .plot_common import (
+    BITS_PREFIX,
+    DPI,
+    EXIT_PREFIX,
+    HISTORY_COLUMNS,
+    _colors,
+    _fmt,
+    _label,
+    _save,
+    _trial_label,
+    _trial_legend,
+    natural_key,
+    prefixed_columns,
+)
 
-DPI = 110
-BITS_PREFIX = "bits/"
-EXIT_PREFIX = "route/exit_frac/"
-HISTORY_COLUMNS = ("trial_id", "run_id", "metric", "step", "value")
-
-
-def _use_backend() -> None:
-    """Agg (headless) everywhere but a Jupyter kernel, whose inline backend shows the figures.
-
-    The plots are written by the Tune driver, a CI job or a cluster node with no display. In a
-    kernel, loading the inline backend through pyplot is what registers the PNG formatter that
-    lets ``display(fig)`` draw a pyplot-free Figure.
-    """
-    if "ipykernel" in sys.modules:
-        try:
-            import matplotlib.pyplot as plt
-
-            plt.switch_backend(matplotlib.get_backend())
-            return
-        except Exception:  # a GUI backend without a display: fall back to files only
-            pass
-    matplotlib.use("Agg")
-
-
-_use_backend()
-
-
-def _fmt(value: float) -> str:
-    """Short numbers for cell labels: 4 significant digits."""
-    return f"{value:.4g}"
-
-
-def _label(key: object) -> str:
-    if isinstance(key, tuple):
-        return ",".join(str(k) for k in key)
-    return str(key)
-
-
-def _save(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI)
-    return fig
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``layers.2`` before ``layers.10`` (digit runs compare as numbers)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def prefixed_columns(table: pd.DataFrame, prefix: str) -> list[str]:
-    """The columns named ``prefix<something>`` in natural order (``bits/layers.0`` ...)."""
-    return sorted((str(c) for c in table.columns if str(c).startswith(prefix)), key=natural_key)
-
-
-def _colors(n: int) -> list[Any]:
-    """The default cycle for a few lines; evenly spaced viridis colors for many."""
-    if n <= 10:
-        return [f"C{i}" for i in range(n)]
-    cmap = matplotlib.colormaps["viridis"]
-    return [cmap(i / max(1, n - 1)) for i in range(n)]
-
-
-def _select_trials(table: pd.DataFrame, trial_ids: Sequence[str] | None) -> pd.DataFrame:
-    if trial_ids is None or "trial_id" not in table:
-        return table
-    known = set(table["trial_id"])
-    missing = [t for t in trial_ids if t not in known]
-    if missing:
-        raise ValueError(f"unknown trial ids {missing}; the table has {sorted(known)}")
-    order = {t: i for i, t in enumerate(trial_ids)}
-    chosen = table[table["trial_id"].isin(order)]
-    return chosen.iloc[np.argsort([order[t] for t in chosen["trial_id"]], kind="stable")]
-
-
-def _trial_label(trial_id: str, labels: Mapping[str, str] | None) -> str:
-    return str(labels.get(trial_id, trial_id)) if labels else str(trial_id)
-
-
-def _trial_legend(fig: Figure, ax: Axes, n_trials: int, max_legend: int) -> None:
-    """One legend under the plots (long labels would hide the data inside an axis); none for
-    sweeps with more than ``max_legend`` trials, whose curves the colors tell apart."""
-    if n_trials > max_legend:
-        return
-    handles, texts = ax.get_legend_handles_labels()
-    if handles:
-        ncols = 1 if max(len(t) for t in texts) > 40 else min(3, len(texts))
-        fig.legend(handles, texts, loc="outside lower center", ncols=ncols, fontsize=7)
-
-
-# ---- ablation heatmap ----------------------------------------------------------------------------
+__all__ = [
+    "BITS_PREFIX",
+    "DPI",
+    "EXIT_PREFIX",
+    "HISTORY_COLUMNS",
+    "ablation_figure",
+    "ablation_heatmap",
+    "bit_widths_plot",
+    "exit_distribution_plot",
+    "growth_timeline",
+    "learning_curves",
+    "natural_key",
+    "pareto_figure",
+    "pareto_plot",
+    "prefixed_columns",
+]
 
 
 def ablation_figure(
@@ -357,135 +292,3 @@ def growth_timeline(
 
 
 # ---- per-layer final values ----------------------------------------------------------------------
-
-
-def _layer_matrix(
-    table: TableLike, prefix: str, trial_ids: Sequence[str] | None, what: str
-) -> pd.DataFrame:
-    """Trials x layers of the final ``<prefix><layer>`` metrics (index: trial ids)."""
-    df = _select_trials(as_frame(table), trial_ids)
-    columns = prefixed_columns(df, prefix)
-    if not columns:
-        raise ValueError(f"the trial table has no {prefix}<layer> columns: {what}")
-    index = df.get("trial_id", df.index)
-    matrix = df[columns].apply(pd.to_numeric, errors="coerce")
-    matrix.index = pd.Index(list(index), name="trial_id")
-    matrix.columns = pd.Index([c[len(prefix) :] for c in columns], name="layer")
-    return matrix.dropna(how="all")
-
-
-def _grouped_bars(
-    fig: Figure, ax: Axes, matrix: pd.DataFrame, labels: Mapping[str, str] | None
-) -> None:
-    n_trials, n_layers = matrix.shape
-    width = 0.8 / max(1, n_trials)
-    x = np.arange(n_layers)
-    for k, (color, (trial, row)) in enumerate(
-        zip(_colors(n_trials), matrix.iterrows(), strict=True)
-    ):
-        offset = (k - (n_trials - 1) / 2) * width
-        ax.bar(
-            x + offset,
-            row.to_numpy(dtype=float),
-            width,
-            color=color,
-            label=_trial_label(trial, labels),
-        )
-    _layer_ticks(ax, [str(c) for c in matrix.columns])
-    ax.grid(True, axis="y", alpha=0.3)
-    _trial_legend(fig, ax, n_trials, 12)
-
-
-def _layer_ticks(ax: Axes, names: Sequence[str]) -> None:
-    """Layer names under the x axis, slanted and right-aligned to their tick when long or many
-    (centered slanted labels ran into each other and off the figure)."""
-    slant = len(names) > 6 or max((len(n) for n in names), default=0) > 10
-    ax.set_xticks(range(len(names)), list(names))
-    if slant:
-        for label in ax.get_xticklabels():
-            label.set(rotation=40, ha="right", rotation_mode="anchor")
-
-
-def _label_room(names: Sequence[str], fontsize: float = 10.0) -> float:
-    """Inches that slanted labels of ``names`` take below (or beside) an axis."""
-    longest = max((len(n) for n in names), default=0)
-    return 0.65 * longest * fontsize / 72 + 0.3
-
-
-def bit_widths_plot(
-    table: TableLike,
-    path: str | Path | None = None,
-    *,
-    trial_ids: Sequence[str] | None = None,
-    kind: Literal["auto", "bars", "heatmap"] = "auto",
-    labels: Mapping[str, str] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Learned per-layer bit-widths (the final ``bits/<layer>`` metrics) of the chosen trials.
-
-    ``bars``: one group of bars per layer, a bar per trial; ``heatmap``: trials x layers with each
-    width written in its cell; ``auto``: bars for up to 6 trials, else the heatmap.
-    """
-    matrix = _layer_matrix(
-        table, BITS_PREFIX, trial_ids, "the sweep has no learnable bit-widths (adaptive scheme)"
-    )
-    if kind == "auto":
-        kind = "bars" if len(matrix) <= 6 else "heatmap"
-    n_trials, n_layers = matrix.shape
-    layer_names = [str(c) for c in matrix.columns]
-    trial_names = [_trial_label(t, labels) for t in matrix.index]
-    if kind == "bars":
-        # room for the slanted layer names and one legend row per trial (long labels: 1 column)
-        width = min(16.0, max(6.0, 0.5 * n_layers * max(1, n_trials) ** 0.5 + 3.0))
-        legend_rows = n_trials if max(map(len, trial_names), default=0) > 40 else -(-n_trials // 3)
-        height = 3.2 + _label_room(layer_names) + 0.22 * legend_rows
-        fig = Figure(figsize=(width, height), layout="constrained")
-        ax = fig.subplots()
-        _grouped_bars(fig, ax, matrix, labels)
-        ax.set_ylabel("learned bits (rounded)")
-    elif kind == "heatmap":
-        height = max(3.0, 0.35 * n_trials + 1.0) + _label_room(layer_names)
-        width = min(18.0, max(5.0, 0.7 * n_layers + 2.5) + _label_room(trial_names))
-        fig = Figure(figsize=(width, height), layout="constrained")
-        ax = fig.subplots()
-        values = matrix.to_numpy(dtype=float)
-        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
-        fig.colorbar(image, ax=ax, label="bits")
-        finite = values[np.isfinite(values)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        if values.size <= 400:  # beyond that the numbers overlap; the colors still tell
-            for i, j in itertools.product(range(n_trials), range(n_layers)):
-                v = values[i, j]
-                if np.isfinite(v):
-                    color = "white" if v < middle else "black"
-                    ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7, color=color)
-        _layer_ticks(ax, layer_names)
-        ax.set_yticks(range(n_trials), trial_names)
-        ax.set_ylabel("trial")
-    else:
-        raise ValueError(f"kind must be 'auto', 'bars' or 'heatmap', got {kind!r}")
-    ax.set_xlabel("layer")
-    ax.set_title(title or f"learned bit-widths per layer ({n_trials} trials)")
-    return _save(fig, path)
-
-
-def exit_distribution_plot(
-    table: TableLike,
-    path: str | Path | None = None,
-    *,
-    trial_ids: Sequence[str] | None = None,
-    labels: Mapping[str, str] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Where early-exit inference leaves the model: the final ``route/exit_frac/<layer>`` of the
-    chosen trials as grouped bars (fraction of validation tokens per exit layer, 1..L)."""
-    matrix = _layer_matrix(table, EXIT_PREFIX, trial_ids, "the sweep's models have no early exits")
-    size = (max(5.0, 0.6 * matrix.shape[1] + 3.0), 4.0 + 0.15 * len(matrix))
-    fig = Figure(figsize=size, layout="constrained")
-    ax = fig.subplots()
-    _grouped_bars(fig, ax, matrix, labels)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_xlabel("exit layer")
-    ax.set_ylabel("fraction exiting")
-    ax.set_title(title or f"exit-layer distribution ({len(matrix)} trials)")
-    return _save(fig, path)
