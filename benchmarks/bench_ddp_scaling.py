@@ -192,7 +192,7 @@ def main() -> None:
     os.environ[trial_probes.PROBE_ENV] = str(probe_dir)  # before Ray starts: workers inherit it
     import ray
 
-    from orchestrator.runner import connect_ray
+    from orchestrator.ray_session import connect_ray
 
     connect_ray(None, verbose=False)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in [*VARIANTS, *RAW]}

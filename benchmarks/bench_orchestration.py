@@ -393,7 +393,7 @@ def main() -> None:
 
     import ray
 
-    from orchestrator.runner import connect_ray
+    from orchestrator.ray_session import connect_ray
 
     started = time.perf_counter()
     connect_ray(None, verbose=False)

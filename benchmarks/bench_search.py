@@ -273,7 +273,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from orchestrator.runner import connect_ray
+    from orchestrator.ray_session import connect_ray
 
     connect_ray(None, verbose=False)
     try:

@@ -156,8 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _continue(args: argparse.Namespace) -> int:
     """``run [SPEC ...] --continue NAME``: resume NAME; a SPEC given too must match it."""
-    from orchestrator.runner import SweepInterruptedError, load_saved_spec, run_sweep
+    from orchestrator.runner import SweepInterruptedError, run_sweep
     from orchestrator.spec import load_sweep
+    from orchestrator.sweep_folder import load_saved_spec
 
     storage = args.storage
     given = None
@@ -194,7 +195,8 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def cmd_resume(args: argparse.Namespace) -> int:
     """``bitsweep resume NAME``: continue an interrupted sweep (a sweep id, or the newest sweep
     of that name)."""
-    from orchestrator.runner import SweepInterruptedError, load_saved_spec, run_sweep
+    from orchestrator.runner import SweepInterruptedError, run_sweep
+    from orchestrator.sweep_folder import load_saved_spec
 
     spec = load_saved_spec(args.name, args.storage)
     try:
@@ -207,7 +209,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """``bitsweep sync NAME``: replay MLflow writes a sweep buffered while MLflow was away."""
-    from orchestrator.runner import load_saved_spec
+    from orchestrator.sweep_folder import load_saved_spec
     from orchestrator.sync import sync_sweep
 
     outcome = sync_sweep(args.name, args.storage)

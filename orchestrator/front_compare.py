@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .analysis import Objective, TableLike, as_frame, objective_matrix, pareto_front
-from .plots import _axis_label, _colors, _save, _use_backend
+from .plot_common import _colors, _save, _use_backend
+from .plots import _axis_label
 
 
 def compare_fronts(

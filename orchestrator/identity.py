@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.errors import NoSavedSweepError
 
-SPEC_FILE = "bitsweep_sweep.yaml"  # the same file runner.save_spec writes
+SPEC_FILE = "bitsweep_sweep.yaml"  # the resolved sweep beside its results (sweep_folder.py)
 
 
 def new_sweep_id(name: str) -> str:

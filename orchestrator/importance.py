@@ -96,7 +96,7 @@ def parameter_importance(
 
 def importance_plot(importance: pd.Series, path: str | Path | None = None) -> Figure:
     """Horizontal bars of :func:`parameter_importance`, largest on top."""
-    from orchestrator.plots import _save
+    from orchestrator.plot_common import _save
 
     ordered = importance.sort_values()
     fig = Figure(figsize=(6.0, 1.2 + 0.4 * len(ordered)), layout="constrained")
@@ -164,6 +164,6 @@ def parallel_coordinates(
     ax.set_yticks([])
     ax.set_xlim(-0.1, len(columns) - 0.6)
     ax.set_title(f"searched keys and {metric} (darker: better; dashed: stopped early)")
-    from orchestrator.plots import _save
+    from orchestrator.plot_common import _save
 
     return _save(fig, path)

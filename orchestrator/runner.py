@@ -16,27 +16,12 @@ from typing import IO, Any
 
 import pandas as pd
 
-from orchestrator.errors import NoSavedSweepError
-from orchestrator.spec import SweepSpec, build_sweep
+from orchestrator.ray_session import TRIAL_SLOT, connect_ray, quiet_libraries
+from orchestrator.spec import SweepSpec
+from orchestrator.sweep_folder import STUDY_FILE, TUNER_FILE, experiment_dir, save_spec
 from orchestrator.trials import distributed_trial, single_process_trial
 from orchestrator.tune_space import param_space
 from trainables.trial_settings import RUN_CONFIG_KEY, TRIAL_SETTINGS_KEY, TrialSettings
-
-SPEC_FILE = "bitsweep_sweep.yaml"
-STUDY_FILE = "optuna.db"
-TUNER_FILE = "tuner.pkl"  # written by tune.Tuner(); unpickled by Tuner.restore
-TRIAL_SLOT = "trial_slot"
-# Set (unless already set) before a local Ray starts, so the raylet and every worker inherit them.
-QUIET_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    # A TorchTrainer's controller polls its workers this often (Ray's default: 2 s); every Train run
-    # waited up to one interval to notice its workers had finished. 0.5 s took about 3 s off each
-    # TorchTrainer trial here (benchmarks/bench_orchestration.py) and costs nothing measurable.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-}
 
 
 class SweepFailedError(RuntimeError):
@@ -88,93 +73,6 @@ class SweepOutcome:
         if self.trials.empty or "status" not in self.trials:
             return 0
         return int((self.trials["status"] == "failed").sum())
-
-
-def experiment_dir(spec: SweepSpec) -> str:
-    """``storage.path/<sweep id>``: Tune's experiment directory for this sweep (the name for a
-    spec without an id)."""
-    return f"{spec.storage_path.rstrip('/')}/{spec.sweep_id or spec.name}"
-
-
-def save_spec(spec: SweepSpec) -> None:
-    """Store the resolved sweep beside its results (what ``resume`` reads back)."""
-    import pyarrow.fs as pafs
-
-    filesystem, path = pafs.FileSystem.from_uri(experiment_dir(spec))
-    filesystem.create_dir(path, recursive=True)
-    from orchestrator.sync import with_absolute_uri
-
-    # the absolute tracking URI: a resume from another folder must find the same store
-    with filesystem.open_output_stream(f"{path}/{SPEC_FILE}") as stream:
-        stream.write(with_absolute_uri(spec).to_yaml().encode())
-
-
-def load_saved_spec(name: str, storage: str) -> SweepSpec:
-    """The sweep ``name`` saved under ``storage`` by an earlier run (for ``resume``)."""
-    import pyarrow.fs as pafs
-    import yaml
-
-    from orchestrator.identity import resolve_saved
-
-    location = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-    folder = resolve_saved(name, storage)  # an id, or the newest sweep of that name
-    filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{SPEC_FILE}")
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            document = yaml.safe_load(stream.read().decode())
-    except FileNotFoundError:
-        raise NoSavedSweepError(
-            f"no sweep named {name!r} under {location} (looked for {path}); pass --storage "
-            "with the sweep's storage.path"
-        ) from None
-    return build_sweep(document, name=name, preset=document.get("preset"))
-
-
-def quiet_libraries(verbose: bool) -> None:
-    """Ray, Optuna and MLflow keep their own logs to themselves unless ``--verbose``."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    if not verbose:
-        import logging
-
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # the CLI names each failed trial in one line and the sweep's failure in another
-        logging.getLogger("ray.tune.tune").addFilter(
-            lambda record: not record.getMessage().startswith("Trials did not complete")
-        )
-
-
-def connect_ray(address: str | None, *, verbose: bool) -> bool:
-    """Connect to ``address`` (or ``RAY_ADDRESS``) or start an embedded local Ray.
-
-    Returns True when this call started Ray (and so must shut it down).
-    """
-    import ray
-
-    quiet_libraries(verbose)
-    if ray.is_initialized():
-        return False
-    target = address or os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = {
-        "log_to_driver": verbose,
-        "logging_level": "INFO" if verbose else "ERROR",
-    }
-    if target:
-        ray.init(address=target, **options)
-        return True
-    from orchestrator.cleanup import start_local_ray
-
-    start_local_ray(
-        num_cpus=os.cpu_count() or 1,
-        resources={TRIAL_SLOT: 1024},
-        include_dashboard=False,
-        **options,
-    )
-    return True
 
 
 def _concurrency(spec: SweepSpec) -> int:

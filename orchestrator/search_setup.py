@@ -20,10 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.sweep_folder import STUDY_FILE
+
 if TYPE_CHECKING:
     from orchestrator.spec import SearchSpec, SweepSpec
-
-STUDY_FILE = "optuna.db"
 
 
 def evaluations(spec: SweepSpec) -> int:

@@ -45,7 +45,8 @@ def sync_sweep(name: str, storage: str) -> Any:
     ``write_buffer.TrackingBehindError`` when writes still fail after the retries.
     """
     from orchestrator import exits, locking, write_buffer
-    from orchestrator.runner import _summarize, experiment_dir, load_saved_spec, sync_hint
+    from orchestrator.runner import _summarize, sync_hint
+    from orchestrator.sweep_folder import experiment_dir, load_saved_spec
     from orchestrator.tracking import SweepTracker
 
     spec = load_saved_spec(name, storage)

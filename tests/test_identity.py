@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.identity import new_sweep_id, resolve_saved, saved_sweeps, with_new_id
-from orchestrator.runner import experiment_dir, load_saved_spec, save_spec
 from orchestrator.spec import SweepSpecError, load_sweep
+from orchestrator.sweep_folder import experiment_dir, load_saved_spec, save_spec
 
 
 def test_every_run_gets_a_new_id_under_its_name() -> None:

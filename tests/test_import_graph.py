@@ -133,3 +133,18 @@ def test_the_core_imports_no_orchestration_edge(module: str) -> None:
             imported.add(node.module)
     offending = sorted(m for m in imported if m.split(".")[0] in EDGES or m.startswith(EDGES))
     assert not offending, f"{module} imports {offending}"
+
+
+def test_every_project_module_imports() -> None:
+    """A name moved between modules (a split) breaks its importers only when they import: import
+    every module once, in a fresh interpreter so that no test's imports hide a missing name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        f"for name in {sorted(_modules())!r}:\n"
+        "    importlib.import_module(name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -9,8 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.runner import experiment_dir, run_sweep
+from orchestrator.runner import run_sweep
 from orchestrator.spec import SweepSpec, build_sweep
+from orchestrator.sweep_folder import experiment_dir
 
 pytestmark = pytest.mark.slow
 
