@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-FINISHED, STOPPED_EARLY = "finished", "stopped_early"
+from orchestrator.run_layout import FINISHED, STOPPED_EARLY
+
 # (run_id, metric) -> [(step, value), ...]
 History = Callable[[str, str], Sequence[tuple[int, float]]]
 

@@ -9,16 +9,15 @@ the end of a trial) is downloaded with MLflow's client first. The export itself 
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_OK, UserError
+from orchestrator.run_layout import PACKED_MODEL as PACKED_ARTIFACT
+from orchestrator.run_layout import RUN_ID
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-PACKED_ARTIFACT = "model/packed"
 FORMATS = ("hf-bitnet", "gguf-tq2", "gguf-tq1")  # trainables.export.FORMATS (no torch import here)
 
 

@@ -109,6 +109,7 @@ def list_sweeps(tracking_uri: str | None, experiment: str) -> list[dict[str, Any
 
     from mlflow import MlflowClient
 
+    from orchestrator import run_layout as layout
     from orchestrator.tracking_uri import check_readable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -119,7 +120,7 @@ def list_sweeps(tracking_uri: str | None, experiment: str) -> list[dict[str, Any
         return []
     runs = client.search_runs(
         [found.experiment_id],
-        "tags.`bitsweep.role` = 'sweep'",
+        layout.SWEEPS_FILTER,
         order_by=["attributes.start_time DESC"],
         max_results=1000,
     )
@@ -127,18 +128,18 @@ def list_sweeps(tracking_uri: str | None, experiment: str) -> list[dict[str, Any
     for run in runs:
         tags = run.data.tags
         try:
-            objectives = json.loads(tags.get("bitsweep.objectives", "[]"))
+            objectives = json.loads(tags.get(layout.TAG_OBJECTIVES, "[]"))
         except ValueError:
             objectives = []
         metric = objectives[0][0] if objectives else None
-        best = run.data.metrics.get(f"best/{metric}") if metric else None
+        best = run.data.metrics.get(f"{layout.BEST_PREFIX}{metric}") if metric else None
         start = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
         rows.append(
             {
-                "name": tags.get("bitsweep.sweep", run.info.run_name),
-                "id": tags.get("bitsweep.sweep_id", run.info.run_name),
+                "name": tags.get(layout.TAG_SWEEP, run.info.run_name),
+                "id": tags.get(layout.TAG_SWEEP_ID, run.info.run_name),
                 "date": start,
-                "status": tags.get("bitsweep.status", run.info.status.lower()),
+                "status": tags.get(layout.TAG_STATUS, run.info.status.lower()),
                 "best": "-" if best is None else f"{metric} {best:.4g}",
                 "trials": int(run.data.metrics.get("sweep/trials", 0) or 0) or "-",
                 "parent_run": run.info.run_id,

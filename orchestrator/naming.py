@@ -1,7 +1,7 @@
 """How a sweep looks in the MLflow UI: experiment kind, run names, descriptions, parent metrics.
 
-The tracker (orchestrator.tracking) keeps the layout that ``orchestrator.results`` reads (tags,
-params, metrics); this module only adds what a person browsing the UI sees.
+The layout the tracker writes and ``orchestrator.results`` reads (tags, params, metrics) is
+``orchestrator.run_layout``'s; this module only adds what a person browsing the UI sees.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
+
+from orchestrator.run_layout import FAILED, FINISHED, STOPPED_EARLY
 
 # MLflow 3's UI opens an experiment by this tag; without it a fresh experiment opens as GenAI.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -73,12 +75,12 @@ def mark_trial_state(
 
     Writes only (``update_run``, ``set_tag``), so a buffered client queues them in an outage.
     """
-    if status == "stopped_early":
+    if status == STOPPED_EARLY:
         step = max(step, 0)  # a trial stopped before its first report trained 0 steps
         of = f"/{planned}" if planned is not None else ""
         label = f"stopped early @ {step}{of}"
         note = f"Stopped early by the scheduler or a stop condition at step {step}{of}."
-    elif status == "failed":
+    elif status == FAILED:
         label = "failed"
         note = "Failed: " + (reason or "see error.txt")
     else:
@@ -98,9 +100,9 @@ def sweep_counts(table: pd.DataFrame) -> dict[str, int]:
     statuses = table["status"] if "status" in table else pd.Series(dtype=str)
     return {
         "trials": len(table),
-        "finished": int((statuses == "finished").sum()),
-        "stopped_early": int((statuses == "stopped_early").sum()),
-        "failed": int((statuses == "failed").sum()),
+        FINISHED: int((statuses == FINISHED).sum()),
+        STOPPED_EARLY: int((statuses == STOPPED_EARLY).sum()),
+        FAILED: int((statuses == FAILED).sum()),
     }
 
 

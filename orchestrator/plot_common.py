@@ -17,10 +17,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from orchestrator.run_layout import HISTORY_COLUMNS as HISTORY_COLUMNS
+
 DPI = 110
 BITS_PREFIX = "bits/"
 EXIT_PREFIX = "route/exit_frac/"
-HISTORY_COLUMNS = ("trial_id", "run_id", "metric", "step", "value")
 
 
 def _use_backend() -> None:

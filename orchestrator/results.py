@@ -46,10 +46,11 @@ from .run_layout import (
     metric_histories,
     trial_table,
 )
+from .run_layout import HISTORY_COLUMNS as _HISTORY_COLUMNS
 from .sweep_artifacts import ParentArtifacts, arrow_safe
 from .tracking_uri import check_readable, resolve_tracking_uri
 
-HISTORY_COLUMNS = ["trial_id", "run_id", "metric", "step", "value"]
+HISTORY_COLUMNS = list(_HISTORY_COLUMNS)
 
 
 class ResultsError(UserError, ValueError):

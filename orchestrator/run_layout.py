@@ -78,6 +78,8 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id
 # The trial table's leading columns; params and metrics follow, then BEST_PREFIX columns.
 TABLE_KEYS = ("trial_id", "run_id", "status", "error")
 BEST_PREFIX = "best/"
+# the long-form metric history the results API returns and the plots read
+HISTORY_COLUMNS = ("trial_id", "run_id", "metric", "step", "value")
 
 
 # ---- params and metrics --------------------------------------------------------------------------
