@@ -167,26 +167,36 @@ def _param_space(spec: SweepSpec, layers: Any = None) -> dict[str, Any]:
         gpus_per_worker=res.gpus_per_worker,
         train_storage=f"{experiment_dir(spec)}/train",
         max_failures=res.max_failures,
+        **_kept_checkpoints(spec),
     )
     return space
+
+
+def _kept_checkpoints(spec: SweepSpec) -> dict[str, Any]:
+    """How many checkpoints a trial keeps (its latest, plus the best ``storage.keep_checkpoints``
+    by the first objective); all of them under PBT, which clones a donor's latest later on."""
+    keep = spec.storage.keep_checkpoints
+    if keep is None or spec.search.scheduler.type == "pbt":
+        return {}
+    first = spec.search.objective_list[0]
+    return {"keep_checkpoints": keep, "score_metric": first.metric, "score_mode": first.mode}
 
 
 def _checkpoint_config(spec: SweepSpec) -> Any:
     """Keep each trial's latest checkpoint and its ``storage.keep_checkpoints`` best ones."""
     from ray import tune
 
-    keep = spec.storage.keep_checkpoints
     # PBT clones a donor's latest checkpoint some time after choosing it: pruning could delete
     # it first ("does not exist on storage anymore"), so a PBT sweep keeps them all
-    if keep is None or spec.search.scheduler.type == "pbt":
+    kept = _kept_checkpoints(spec)
+    if not kept:
         return tune.CheckpointConfig()
-    first = spec.search.objective_list[0]
     # num_to_keep forces a state snapshot at each checkpoint; Tune would warn about it each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.CheckpointConfig(
-        num_to_keep=keep,
-        checkpoint_score_attribute=first.metric,
-        checkpoint_score_order=first.mode,
+        num_to_keep=kept["keep_checkpoints"],
+        checkpoint_score_attribute=kept["score_metric"],
+        checkpoint_score_order=kept["score_mode"],
     )
 
 

@@ -50,7 +50,7 @@ def distributed_trial(config: dict[str, Any]) -> None:
     the run is named after the trial, so refitting after a restore resumes it.
     """
     import ray.tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -70,6 +70,13 @@ def distributed_trial(config: dict[str, Any]) -> None:
             name=f"train-{context.get_trial_id()}",
             storage_path=settings.train_storage,
             failure_config=FailureConfig(max_failures=settings.max_failures),
+            # the Train run holds a multi-worker trial's only checkpoints: the same pruning as
+            # Tune's for one-process trials (Train always keeps the latest as well)
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=settings.keep_checkpoints,
+                checkpoint_score_attribute=settings.score_metric,
+                checkpoint_score_order=settings.score_mode,
+            ),
             callbacks=[TuneReportCallback()],
         ),
     )

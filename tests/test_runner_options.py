@@ -60,3 +60,40 @@ def test_reused_trial_process_trains_like_a_fresh_one(ray_session: Any, tmp_path
         torch.set_num_threads(threads)
     for name in ("val/bpb", "train/loss", "model/bits_total"):
         assert list(outcome.trials[name]) == [expected[name]] * 3, name
+
+
+def test_trials_keep_their_latest_and_best_checkpoints_only() -> None:
+    """``storage.keep_checkpoints`` reaches both Tune (one-process trials) and the Train run of a
+    multi-worker trial; PBT keeps every checkpoint (it clones a donor's later)."""
+    spec = load_sweep("demo", [*FIXED, "storage.keep_checkpoints=2"])
+    tune_config = runner._checkpoint_config(spec)
+    assert tune_config.num_to_keep == 2 and tune_config.checkpoint_score_attribute == "val/bpb"
+    settings = runner._param_space(spec)[runner.TRIAL_SETTINGS_KEY]
+    assert (settings.keep_checkpoints, settings.score_metric, settings.score_mode) == (
+        2, "val/bpb", "min"
+    )  # fmt: skip
+    pbt = load_sweep("demo", ["search.algorithm=random", "search.scheduler.type=pbt",
+                              "search.space.quant.scheme=null"])  # fmt: skip
+    assert runner._checkpoint_config(pbt).num_to_keep is None
+    assert runner._param_space(pbt)[runner.TRIAL_SETTINGS_KEY].keep_checkpoints is None
+
+
+@pytest.mark.slow
+def test_a_multi_worker_trial_prunes_its_train_checkpoints(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    """Six evaluations of a 2-worker DDP trial write six Train checkpoints; the latest and the
+    best one stay on disk (the default ``storage.keep_checkpoints=1``)."""
+    spec = load_sweep(
+        "demo",
+        [*FIXED, *LM_TINY, "train.steps=60", "train.eval_every=10", "search.num_samples=1",
+         "resources.workers_per_trial=2", "resources.strategy=ddp",
+         f"storage.path={tmp_path / 'results'}",
+         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+    )  # fmt: skip
+    outcome = runner.run_sweep(spec, stream=None)
+    assert outcome.failed == 0 and len(outcome.trials) == 1
+    train_runs = list((Path(outcome.experiment_path) / "train").glob("train-*"))
+    assert len(train_runs) == 1, train_runs
+    kept = sorted(p.name for p in train_runs[0].glob("checkpoint_*"))
+    assert 1 <= len(kept) <= 2, kept

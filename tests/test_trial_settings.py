@@ -37,6 +37,9 @@ def test_the_param_space_carries_the_sweep_s_resources_as_one_typed_object() -> 
         gpus_per_worker=0.0,
         train_storage=f"{runner.experiment_dir(spec)}/train",
         max_failures=3,
+        keep_checkpoints=1,  # storage.keep_checkpoints' default, ranked by the objective
+        score_metric="val/bpb",
+        score_mode="min",
     )
     assert settings.worker_resources == {"CPU": 0.5}
     # Tune pickles trial configs into its experiment state and ships them to workers

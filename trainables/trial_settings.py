@@ -35,6 +35,10 @@ class TrialSettings:
         checkpoint_every: offer a checkpoint every this many steps (rounded to evaluations);
             None: at every evaluation (``trainables.loop.train``'s default).
         max_failures: retries of a failed Train run (Train's ``FailureConfig``).
+        keep_checkpoints: a multi-worker trial's Train run keeps its latest checkpoint and this
+            many best ones by ``score_metric`` (``storage.keep_checkpoints``); None keeps all.
+        score_metric, score_mode: the metric and direction that rank checkpoints (the sweep's
+            first objective).
     """
 
     workers_per_trial: int = 1
@@ -44,6 +48,9 @@ class TrialSettings:
     train_storage: str | None = None
     checkpoint_every: int | None = None
     max_failures: int = 0
+    keep_checkpoints: int | None = None
+    score_metric: str | None = None
+    score_mode: Literal["min", "max"] = "min"
 
     def __post_init__(self) -> None:
         # built from a validated ResourcesSpec; these checks catch a caller that bypassed it
@@ -59,6 +66,8 @@ class TrialSettings:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
     @property
     def worker_resources(self) -> dict[str, float]:
