@@ -213,6 +213,13 @@ def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[An
     from orchestrator.digests import DigestRecorder
 
     callbacks: list[Any] = [MLflowTuneCallback(tracker), DigestRecorder(experiment_dir(spec))]
+    from orchestrator.checkpoint_pruning import stopped_trial_pruner
+
+    # after the MLflow callback: a stopped trial's model is uploaded before its checkpoints go
+    pruner = stopped_trial_pruner(
+        spec.search.scheduler.type, spec.run.train.steps, f"{experiment_dir(spec)}/train"
+    )
+    callbacks += [pruner] if pruner is not None else []
     if stream is not None:
         callbacks.append(
             ProgressView(first.metric, first.mode, spec.run.train.steps, stream=stream)
