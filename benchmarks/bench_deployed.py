@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from benchmarks.common import Stats, interleaved, write_result
 from trainables.models import ByteLM, ByteLMConfig
 from trainables.quant import convert, prepare
-from trainables.quant.bitlinear import BitLinear, TernaryLinear, configure_ternary
+from trainables.quant.bitlinear import BitLinear
+from trainables.quant.ternary_linear import TernaryLinear, configure_ternary
 
 TARGET_RATIO = 10.0
 # name -> configure_ternary options (None: the model is not converted)

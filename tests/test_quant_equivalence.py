@@ -57,9 +57,9 @@ from trainables.quant import (
     prepare,
     unpack_ternary,
 )
-from trainables.quant.bitlinear import PackedTernaryLinear, configure_ternary
 from trainables.quant.checkpoint import load_packed_into, save_packed_checkpoint
 from trainables.quant.quantizers import activation_quantize_values, ternary_dequantize_values
+from trainables.quant.ternary_linear import PackedTernaryLinear, configure_ternary
 
 TOL = 1e-6
 

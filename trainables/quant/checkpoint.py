@@ -24,9 +24,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import UserInputError
-from .bitlinear import BitLinear, TernaryLinear
+from .bitlinear import BitLinear
 from .packing import pack_ternary, unpack_ternary
 from .quantizers import ternary_quantize
+from .ternary_linear import TernaryLinear
 
 FORMAT = "bitsweep-packed-ternary"
 FORMAT_VERSION = 1
