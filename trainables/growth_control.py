@@ -32,7 +32,8 @@ from torch import nn
 from trainables.config import RunConfig
 from trainables.growth_events import SIZE_FIELDS, event_metrics
 from trainables.growth_freeze import FreezeWindow, adds_parameters, freeze_spec
-from trainables.models.growth import grow_context, grow_depth, grow_width, move_optimizer_to_grown
+from trainables.models.growth import grow_context, grow_depth, grow_width
+from trainables.models.growth_optim import move_optimizer_to_grown
 
 WIDTH_NOISE_STD = 1e-2
 # the open freeze window of each model (a plain attribute would be deep-copied with the model)

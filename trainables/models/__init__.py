@@ -15,15 +15,8 @@ from .early_exit import (
     routed_task_loss,
     routing_loss,
 )
-from .growth import (
-    grow_context,
-    grow_depth,
-    grow_width,
-    growth_lr,
-    growth_warmup,
-    move_optimizer_to_grown,
-    warmup_factor,
-)
+from .growth import grow_context, grow_depth, grow_width
+from .growth_optim import growth_lr, growth_warmup, move_optimizer_to_grown, warmup_factor
 from .hf_convert import HFCausalLMAdapter, convert_hf_model, insert_post_attn_norms, load_hf_model
 from .lm import ByteLM, bits_per_byte
 from .lm_config import ByteLMConfig
