@@ -160,8 +160,14 @@ def test_best_export_writes_a_runnable_sweep_and_report_explains(two_runs: dict)
     assert "wrote best.yaml" in out
     document = yaml.safe_load((cwd / "best.yaml").read_text())
     assert document["search"]["num_samples"] == 1 and document["search"]["space"] == {}
-    best_lr = float(re.search(r"train\.lr = (\S+)", out).group(1))
-    assert document["train"]["lr"] == pytest.approx(best_lr)
+    # the second run's train.lr=0.005 pinned a searched key: the best trial's searched values
+    # are the other two, and the pinned value is the export's
+    best = dict(re.findall(r"^  (\S+) = (\S+)$", out, re.M))
+    assert set(best) == {"schedule.lambda_warmup_frac", "quant.scheme"}, out
+    assert document["train"]["lr"] == pytest.approx(0.005)
+    warmup = float(best["schedule.lambda_warmup_frac"])
+    assert document["schedule"]["lambda_warmup_frac"] == pytest.approx(warmup)
+    assert document["quant"]["scheme"] == best["quant.scheme"]
     assert "valid sweep 'twice-best'" in _ok(_cli(cwd, "validate", "best.yaml"))
     report = _ok(_cli(cwd, "report", "twice", "--out", "figures"))
     assert "finished trials only" in report
