@@ -50,6 +50,23 @@ from .run_layout import HISTORY_COLUMNS as _HISTORY_COLUMNS
 from .sweep_artifacts import ParentArtifacts, arrow_safe
 from .tracking_uri import check_readable, resolve_tracking_uri
 
+
+def _hush_notebook_noise() -> None:
+    """Optuna and Ray import ``tqdm.auto``, which in a notebook kernel without ipywidgets warns
+    "IProgress not found" (and Ray logs a widgets hint): noise in the first cell of every analysis
+    notebook. tqdm warns once, at its first import, so importing it here hushed silences it."""
+    import contextlib
+    import logging
+    import warnings
+
+    logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
+    with warnings.catch_warnings(), contextlib.suppress(ImportError):
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.auto  # noqa: F401
+
+
+_hush_notebook_noise()
+
 HISTORY_COLUMNS = list(_HISTORY_COLUMNS)
 
 
