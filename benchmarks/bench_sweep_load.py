@@ -1,0 +1,98 @@
+"""Load on a whole sweep (issue 17 "Load"): many tiny trials, two at a time, through the CLI.
+
+Runs ``bitsweep run demo`` with ``--trials`` tiny trials (two concurrent, TPE on the Optuna sqlite
+storage) in a fresh folder, samples the driver's resident memory every second, then counts with
+MLflow's client: finished child runs, runs left RUNNING, and metric steps (each trial must have
+every evaluation step once). It also scans the output for sqlite lock errors. The baseline for
+memory is the driver's RSS after its first 10% of trials.
+
+Run: ``python -m benchmarks.bench_sweep_load [--trials 200]``; writes
+``benchmarks/results/bench_sweep_load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "train.batch_size=8",
+        "data.eval_batches=1", "train.steps=20", "train.eval_every=10",
+        "search.scheduler.type=none", "resources.max_concurrent_trials=2"]  # fmt: skip
+
+
+def main() -> None:
+    """Run the sweep, measure, write the result."""
+    import psutil
+    from mlflow import MlflowClient
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-sweep-load-"))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    command = [sys.executable, "-m", "orchestrator.cli", "run", "demo", *TINY,
+               f"search.num_samples={args.trials}", f"tracking.uri={uri}",
+               f"storage.path={root / 'results'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = root / "sweep.log"
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
+        driver = psutil.Process(proc.pid)
+        samples: list[tuple[float, float]] = []
+        while proc.poll() is None:
+            try:
+                samples.append((time.perf_counter() - started, driver.memory_info().rss / 2**20))
+            except psutil.Error:
+                break
+            time.sleep(1.0)
+    wall = time.perf_counter() - started
+    output = log.read_text()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("bitsweep")
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    children = [r for r in runs if r.data.tags.get("bitsweep.role") == "trial"]
+    finished = [r for r in children if r.data.tags.get("bitsweep.status") == "finished"]
+    running = [r for r in runs if r.info.status == "RUNNING"]
+    bad_steps = 0
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
+        bad_steps += steps != [10, 20]
+    tenth = max(1, len(samples) // 10)
+    base = max(rss for _, rss in samples[:tenth]) if samples else float("nan")
+    peak = max(rss for _, rss in samples) if samples else float("nan")
+    late = [rss for _, rss in samples[-tenth:]]
+    payload = {
+        "trials": args.trials, "exit_code": proc.returncode, "wall_s": round(wall, 1),
+        "finished_runs": len(finished), "child_runs": len(children),
+        "runs_left_running": len(running), "runs_with_missing_or_duplicate_steps": bad_steps,
+        "lock_errors": output.count("database is locked"),
+        "driver_rss_mb_first_tenth_max": round(base, 1),
+        "driver_rss_mb_last_tenth_mean": round(sum(late) / len(late), 1) if late else None,
+        "driver_rss_mb_peak": round(peak, 1),
+        "sweep_command": " ".join(["bitsweep", *command[3:]]),
+    }  # fmt: skip
+    payload["markdown"] = "\n".join([
+        "## Load: a sweep of many tiny trials", "",
+        f"{args.trials} trials of the tiny demo model, two at a time (TPE on the Optuna sqlite "
+        f"storage), in {wall:.0f} s: exit {proc.returncode}, {len(finished)} finished child "
+        f"runs, {len(running)} left RUNNING, {bad_steps} with a missing or duplicate step, "
+        f"{payload['lock_errors']} sqlite lock errors. Driver RSS: {base:.0f} MiB over the "
+        f"first tenth, {payload['driver_rss_mb_last_tenth_mean']} MiB over the last, peak "
+        f"{peak:.0f} MiB.", "",
+    ])  # fmt: skip
+    path = write_result("bench_sweep_load", payload)
+    print(payload["markdown"])
+    print(f"wrote {path} (sweep folder {root})")
+
+
+if __name__ == "__main__":
+    main()
