@@ -48,7 +48,7 @@ test: setup-dev lint
 
 # Benchmarks are not tests: each prints ratios against a baseline of the same run and writes
 # benchmarks/results/*.json; BENCHMARKS.md is regenerated from them.
-BENCHES := bench_quant_layers bench_orchestration bench_search bench_packing bench_ddp_scaling bench_deployed bench_bit_lm bench_tracking_load
+BENCHES := bench_quant_layers bench_orchestration bench_search bench_packing bench_ddp_scaling bench_deployed bench_bit_lm bench_tracking_load bench_sweep_load
 bench: setup-dev
 	for b in $(BENCHES); do $(BIN)/python -m benchmarks.$$b || exit 1; done
 	$(BIN)/python -m benchmarks.report

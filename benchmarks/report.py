@@ -14,6 +14,7 @@ from benchmarks.common import RESULTS_DIR
 ORDER = [
     "bench_quant_layers", "bench_orchestration", "bench_search", "bench_packing",
     "bench_ddp_scaling", "bench_deployed", "bench_bit_lm", "bench_tracking_load",
+    "bench_sweep_load",
 ]  # fmt: skip
 TARGET = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = """# Benchmarks
