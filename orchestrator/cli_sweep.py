@@ -156,7 +156,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _continue(args: argparse.Namespace) -> int:
     """``run [SPEC ...] --continue NAME``: resume NAME; a SPEC given too must match it."""
-    from orchestrator.runner import SweepInterruptedError, run_sweep
     from orchestrator.spec import load_sweep
     from orchestrator.sweep_folder import load_saved_spec
 
@@ -175,6 +174,13 @@ def _continue(args: argparse.Namespace) -> int:
                 "spec and overrides (bitsweep resume NAME), or start a new sweep without --continue"
             )
     print(f"continuing sweep {spec.sweep_id or spec.name}")
+    return _resume(spec, args)
+
+
+def _resume(spec: Any, args: argparse.Namespace) -> int:
+    """Continue the saved sweep ``spec`` (``resume`` and ``run --continue``)."""
+    from orchestrator.runner import SweepInterruptedError, run_sweep
+
     try:
         outcome = run_sweep(spec, address=args.address, resume=True, verbose=args.verbose)
     except (KeyboardInterrupt, SweepInterruptedError):
@@ -195,16 +201,10 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def cmd_resume(args: argparse.Namespace) -> int:
     """``bitsweep resume NAME``: continue an interrupted sweep (a sweep id, or the newest sweep
     of that name)."""
-    from orchestrator.runner import SweepInterruptedError, run_sweep
     from orchestrator.sweep_folder import load_saved_spec
 
     spec = load_saved_spec(args.name, args.storage)
-    try:
-        outcome = run_sweep(spec, address=args.address, resume=True, verbose=args.verbose)
-    except (KeyboardInterrupt, SweepInterruptedError):
-        return _interrupted(spec)
-    print_outcome(outcome, spec)
-    return EXIT_OK
+    return _resume(spec, args)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
