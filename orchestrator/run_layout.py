@@ -39,6 +39,7 @@ TAG_SWEEP_ID = "bitsweep.sweep_id"  # one id per run of a name (orchestrator.ide
 TAG_TRIAL_ID = "bitsweep.trial_id"  # Tune's trial id (children)
 TAG_STATUS = "bitsweep.status"  # one of STATUSES
 TAG_ERROR = "bitsweep.error"  # the one-line reason of a failed or interrupted run
+TAG_EXPLOITED_FROM = "bitsweep.exploited_from"  # PBT: the donor trial of the latest exploit
 TAG_OBJECTIVES = "bitsweep.objectives"  # JSON [[metric, mode], ...] (parent)
 TAG_VERSION = "bitsweep.version"
 TAG_PRESET = "bitsweep.preset"

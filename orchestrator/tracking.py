@@ -265,11 +265,21 @@ class SweepTracker:
         record.status = status
         layout.write_status(self.client, record.run_id, status, run_status=run_status, error=error)
 
-    def trial_started(self, trial_id: str, params: Mapping[str, Any]) -> str:
-        """Open (or, for a restored trial, reopen) the trial's child run; returns its run id."""
+    def trial_started(
+        self, trial_id: str, params: Mapping[str, Any], *, exploited_from: str | None = None
+    ) -> str:
+        """Open (or, for a restored trial, reopen) the trial's child run; returns its run id.
+
+        ``exploited_from`` names the donor trial when PBT restarts this trial from the donor's
+        checkpoint: the run is tagged with it and its next results are logged from the donor's
+        step on, even at steps the run already holds (MLflow keeps both lineages' values).
+        """
         record = self._trial(trial_id, params)
         record.params = dict(params) or record.params
         record.stop_seen = False
+        if exploited_from is not None:
+            record.rewound = True
+            self.client.set_tag(record.run_id, layout.TAG_EXPLOITED_FROM, exploited_from)
         if record.status == layout.FAILED:  # restarted after an error: the old reason is gone
             self.client.delete_tag(record.run_id, layout.TAG_ERROR)
         if record.status != layout.RUNNING or not record.full_history:
@@ -282,8 +292,10 @@ class SweepTracker:
         """Log a reported result's contract metrics at ``step``; returns how many were logged.
 
         Steps at or below the highest one already in MLflow are skipped, so a trial restored from
-        a checkpoint does not log its replayed steps twice. ``done=True`` in a result means Tune
-        (a scheduler or stopper) ended the trial; a ``checkpoint_path`` is kept for the artifacts.
+        its own checkpoint does not log its replayed steps twice (after a PBT exploit the first
+        result is logged whatever its step: a new lineage starts there). ``done=True`` in a result
+        means Tune (a scheduler or stopper) ended the trial; a ``checkpoint_path`` is kept for the
+        artifacts.
         """
         from mlflow.entities import Metric
 
@@ -294,8 +306,9 @@ class SweepTracker:
             record.checkpoint = (result["checkpoint_path"], None)
         metrics = layout.contract_metrics(result)
         step = int(result["step"]) if "step" in result else int(result.get("training_iteration", 0))
-        if not metrics or step <= record.last_step:
+        if not metrics or (step <= record.last_step and not record.rewound):
             return 0
+        record.rewound = False
         now = int(time.time() * 1000)
         entries = [Metric(k, v, now, step) for k, v in metrics.items()]
         for i in range(0, len(entries), layout.METRICS_PER_BATCH):

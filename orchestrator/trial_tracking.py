@@ -55,6 +55,9 @@ class TrialRun:
     stop_seen: bool = False  # a result arrived with done=True: Tune (a scheduler) ended it
     stopped_early: bool = False
     checkpoint: tuple[str, Any] | None = None  # (path, pyarrow filesystem or None)
+    # PBT cloned another trial's checkpoint into this one: the next result starts a new lineage
+    # at an earlier step, so it is logged even at steps this run already holds
+    rewound: bool = False
 
     def short(self) -> bool:
         """Whether the trial ended before its planned ``train.steps`` (or has no plan)."""

@@ -36,6 +36,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def exploited_from(trial: Trial) -> str | None:
+    """The donor's trial id when the trial restarts from another trial's checkpoint (PBT).
+
+    PBT's exploit hands the target the donor's latest checkpoint result, whose metrics are the
+    donor's last result; a trial restored from its own checkpoint carries its own id there.
+    """
+    restoring = getattr(trial, "latest_checkpoint_result", None)
+    donor = getattr(restoring, "metrics", None) or {}
+    donor_id = donor.get("trial_id")
+    return donor_id if isinstance(donor_id, str) and donor_id != trial.trial_id else None
+
+
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The params of a Tune trial config: the trial's dotted run config.
 
@@ -143,10 +155,12 @@ class MLflowTuneCallback(Callback):
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        """Open the trial's child run with its params."""
+        """Open the trial's child run with its params (and the donor of a PBT exploit)."""
         self._guard(
             "trial start",
-            lambda: self.tracker.trial_started(trial.trial_id, self.params_fn(trial.config)),
+            lambda: self.tracker.trial_started(
+                trial.trial_id, self.params_fn(trial.config), exploited_from=exploited_from(trial)
+            ),
         )
 
     def on_trial_result(

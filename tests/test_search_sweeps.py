@@ -169,7 +169,7 @@ def test_pbt_exploited_trial_continues_from_the_donor_with_new_values(
     folder = Path(experiment_dir(spec.model_copy(update={"sweep_id": outcome.sweep_id})))
     exploits = [json.loads(line) for line in (folder / "pbt_global.txt").read_text().splitlines()]
     assert exploits, "no trial was exploited"
-    target_tag, donor_tag, _, donor_iteration, _, new_config = exploits[0]
+    target_tag, donor_tag, target_iteration, donor_iteration, _, new_config = exploits[0]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pbt")
     runs = {
@@ -181,25 +181,31 @@ def test_pbt_exploited_trial_continues_from_the_donor_with_new_values(
     by_index = {int(tid.rsplit("_", 1)[-1]): run for tid, run in runs.items()}
     target = by_index[int(target_tag.split("_", 1)[0])]
     donor = by_index[int(donor_tag.split("_", 1)[0])]
+    latest_donor = [row[1] for row in exploits if row[0] == target_tag][-1]  # the run's tag
+    latest = by_index[int(latest_donor.split("_", 1)[0])].data.tags["bitsweep.trial_id"]
+    assert target.data.tags["bitsweep.exploited_from"] == latest
 
-    def history(run: Any, key: str) -> dict[int, float]:
-        return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+    def history(run: Any, key: str) -> list[tuple[int, float, int]]:
+        """(step, value, timestamp) in the order logged."""
+        entries = client.get_metric_history(run.info.run_id, key)
+        return [(m.step, m.value, m.timestamp) for m in sorted(entries, key=lambda m: m.timestamp)]
 
-    lrs, losses, donor_losses = (
-        history(target, "train/lr"),
-        history(target, "val/loss"),
-        (history(donor, "val/loss")),
-    )
-    steps = sorted(losses)
-    assert len(steps) == len(set(steps)) and steps[-1] == 120  # no step twice, ran to the end
-    # continued from the donor's checkpoint at its iteration: the next report is one evaluation
-    # after the donor's step there, with the new value (nothing retrained, nothing skipped)
-    resumed = donor_iteration * 6 + 6
-    assert resumed in losses
-    assert lrs[resumed] == pytest.approx(new_config["run_config"]["train.lr"])
-    own_before = max(s for s in steps if s < resumed)
+    losses, lrs = history(target, "val/loss"), history(target, "train/lr")
+    donor_losses = {step: value for step, value, _ in history(donor, "val/loss")}
+    assert max(step for step, _, _ in losses) == 120  # ran to the end
+    # the target's own lineage ends at its step when exploited (a result already in flight may
+    # follow); its next result continues from the donor's checkpoint at the donor's iteration:
+    # one evaluation after the donor's step there, with the new value (nothing retrained,
+    # nothing skipped), logged even when the target had been ahead of the donor
+    steps = [step for step, _, _ in losses]
+    own_end = steps.index(target_iteration * 6)
+    resumed = steps.index(donor_iteration * 6 + 6, own_end + 1)
+    assert resumed - own_end <= 3, steps  # only results already in flight between
+    own_before, resumed_loss, resumed_at = losses[own_end][1], *losses[resumed][1:]
+    lr_at_resume = [v for step, v, t in lrs if t == resumed_at]
+    assert lr_at_resume == [pytest.approx(new_config["run_config"]["train.lr"])]
     donor_at = donor_losses[donor_iteration * 6]
-    assert abs(losses[resumed] - donor_at) <= abs(losses[resumed] - losses[own_before])
+    assert abs(resumed_loss - donor_at) <= abs(resumed_loss - own_before)
 
 
 def _interrupt_then_resume(tmp_path: Path, sweep_file: Path, name: str, expected: int) -> None:

@@ -290,6 +290,24 @@ def test_finish_writes_tables_matrices_front_and_best(mlflow_server: str, tmp_pa
 
 
 @pytest.mark.slow
+def test_a_pbt_exploit_logs_the_new_lineage_from_the_donor_step(mlflow_server: str) -> None:
+    tracker = new_tracker(mlflow_server)
+    tracker.start()
+    tracker.trial_started("target", PARAMS)
+    assert [tracker.log_result("target", tune_result(s, 2.0)) for s in (10, 20, 30)][2] > 0
+    # PBT restarts the target from the donor's checkpoint at step 10: 20 and 30 come again
+    tracker.trial_started("target", PARAMS, exploited_from="donor")
+    assert tracker.log_result("target", tune_result(20, 1.0)) > 0
+    assert tracker.log_result("target", tune_result(30, 0.5)) > 0
+    assert tracker.log_result("target", tune_result(30, 0.5)) == 0  # a replay is still skipped
+    tracker.trial_finished("target")
+    tracker.finish()
+    run = children(tracker)["target"]
+    assert run.data.tags["bitsweep.exploited_from"] == "donor"
+    assert steps_of(tracker.uri, run.info.run_id, "val/loss") == [10, 20, 20, 30, 30]
+
+
+@pytest.mark.slow
 def test_restarted_tracker_reuses_runs_without_duplicates(mlflow_server: str) -> None:
     from mlflow import MlflowClient
 
