@@ -32,6 +32,7 @@ from ray.tune import Callback
 
 from orchestrator.errors import UserError
 from orchestrator.locking import bitsweep_home
+from orchestrator.state_snapshot import save_snapshot
 
 DIGESTS_FILE = "bitsweep_digests.json"
 KEY_FILE = "digest.key"
@@ -206,8 +207,10 @@ class DigestRecorder(Callback):
         try:
             files = record(self.folder, names, source=staging)
             _write(staging, files)  # travels to the storage with the files it describes
+            # a whole copy that Tune's in-place copy to the storage cannot cut (a killed driver)
+            save_snapshot(self.folder, staging, names)
         except OSError as err:  # a full disk: Tune's own save reports it; do not mask that
             import logging
 
-            logging.getLogger(__name__).warning("could not record digests: %s", err)
+            logging.getLogger(__name__).warning("could not record digests or snapshot: %s", err)
         return None  # nothing for Tune to pickle: no callback-state file to trust

@@ -3,15 +3,20 @@
 A truncated ``experiment_state-*.json`` made every resume print "interrupted" forever, a 0-byte
 ``optuna.db`` failed with a ``KeyError`` traceback and a garbage one without naming the file.
 :func:`check_restorable` reads (never unpickles) the files and raises :class:`StateFileError`
-naming the file and what to do; nothing is changed, and the CLI exits 2.
+naming the file and what to do, and the CLI exits 2. The one change it makes: a state file cut by
+a killed driver is put back from the sweep's last whole snapshot first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.state_snapshot import restore_snapshot
+
+log = logging.getLogger(__name__)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -28,11 +33,19 @@ def _newest_state(folder: Path) -> Path | None:
 def check_restorable(folder: str, study_file: str = "optuna.db") -> None:
     """Raise :class:`StateFileError` when the local sweep ``folder`` cannot be resumed as is.
 
-    Remote storage (``s3://`` ...) is left to Tune's own errors.
+    A state file cut by a driver killed mid-copy is first put back from the sweep's last whole
+    snapshot (:mod:`orchestrator.state_snapshot`). Remote storage (``s3://`` ...) is left to
+    Tune's own errors.
     """
     if "://" in folder:
         return
     root = Path(folder)
+    restored = restore_snapshot(root)  # a driver killed while Tune copied its state: put it back
+    if restored:
+        log.warning(
+            "%s: a state file was cut (the driver died while Tune copied it); resuming from the "
+            "last whole snapshot (%s)", folder, ", ".join(restored),
+        )  # fmt: skip
     state = _newest_state(root)
     if state is not None:
         try:

@@ -1,12 +1,16 @@
-"""Broken saved state is named in one line before resume touches anything."""
+"""Broken saved state is named in one line before resume touches anything, or put back from
+the sweep's last whole snapshot when a killed driver cut it."""
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import pytest
 
 from orchestrator.preflight import StateFileError, check_restorable
+from orchestrator.state_snapshot import save_snapshot
 
 
 def test_truncated_experiment_state_is_named(tmp_path: Path) -> None:
@@ -31,3 +35,35 @@ def test_sound_state_passes(tmp_path: Path) -> None:
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")
     (tmp_path / "experiment_state-a.json").write_text('{"trial_data": []}')
     check_restorable(str(tmp_path))
+
+
+def _staging_set(folder: Path, trials: int) -> list[str]:
+    state = {"trial_data": [["t", "{}"]] * trials}
+    (folder / "experiment_state-a.json").write_text(json.dumps(state))
+    (folder / "searcher-state-a.pkl").write_bytes(pickle.dumps({"trials": trials}))
+    return ["experiment_state-a.json", "searcher-state-a.pkl"]
+
+
+def test_a_state_file_cut_by_a_killed_driver_is_put_back_from_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    storage, staging = tmp_path / "storage", tmp_path / "staging"
+    storage.mkdir(), staging.mkdir()
+    save_snapshot(str(storage), str(staging), _staging_set(staging, 1))
+    names = _staging_set(staging, 2)
+    save_snapshot(str(storage), str(staging), names)  # the newer snapshot replaces the first
+    for name in names:  # Tune's copy to the storage: the driver died while it copied the state
+        (storage / name).write_bytes((staging / name).read_bytes())
+    (storage / "experiment_state-a.json").write_bytes(b"")
+    check_restorable(str(storage))
+    assert (
+        json.loads((storage / "experiment_state-a.json").read_text())["trial_data"]
+        == [["t", "{}"]] * 2
+    )
+    assert pickle.loads((storage / "searcher-state-a.pkl").read_bytes()) == {"trials": 2}
+
+
+def test_without_a_snapshot_the_cut_state_is_named(tmp_path: Path) -> None:
+    (tmp_path / "experiment_state-a.json").write_bytes(b"")
+    with pytest.raises(StateFileError, match="truncated"):
+        check_restorable(str(tmp_path))
