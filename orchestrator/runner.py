@@ -265,6 +265,14 @@ def run_sweep(
     from orchestrator.reconcile import fail_study_orphans, has_tune_state
 
     lock = locking.acquire(experiment_dir(spec), spec.name)  # a second driver is refused here
+    if resume:  # a broken or replaced state file is named before Ray starts
+        try:
+            check_restorable(experiment_dir(spec), STUDY_FILE)  # one line per broken file
+            if has_tune_state(experiment_dir(spec)):
+                digests.verify(experiment_dir(spec))  # before anything stored is unpickled
+        except BaseException:
+            lock.release()
+            raise
     exits.quiet_trial_failures(verbose)
     cleanup.stop_orphans(experiment_dir(spec))  # Ray processes a killed driver left behind
     started = connect_ray(address, verbose=verbose)
@@ -280,14 +288,11 @@ def run_sweep(
         path = experiment_dir(spec)
         trainable = _trainable(spec)
         layers = _layers(spec)  # mixed precision: the per-layer dimensions' names
-        if resume:
-            check_restorable(path, STUDY_FILE)  # one clear line per broken state file
         if resume and not has_tune_state(path):
             # killed before Tune's first snapshot: nothing to restore, start it again in place
             fail_study_orphans(Path(path) / STUDY_FILE, spec.sweep_id or spec.name)
             resume = False
         if resume:
-            digests.verify(path)  # before anything in the storage is unpickled
             tuner = tune.Tuner.restore(
                 path,
                 trainable=trainable,

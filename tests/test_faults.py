@@ -114,49 +114,66 @@ def _finished(uri: str, experiment: str) -> int:
     return sum(c.data.tags.get("bitsweep.status") == "finished" for c in children)
 
 
-def _mid_trial(uri: str, experiment: str) -> bool:
-    """A second trial has logged its first evaluation (it holds a checkpoint, not finished)."""
+def _mid_trial_since(uri: str, experiment: str, since_ms: int) -> bool:
+    """A trial logged an evaluation after ``since_ms`` and is still running (it holds a
+    checkpoint), after at least one trial finished."""
+    client = _client(uri)
     _, children = _runs(uri, experiment)
     running = [c for c in children if c.data.tags.get("bitsweep.status") == "running"]
-    return _finished(uri, experiment) >= 1 and any("val/loss" in c.data.metrics for c in running)
+    return _finished(uri, experiment) >= 1 and any(
+        m.timestamp > since_ms
+        for c in running
+        for m in client.get_metric_history(c.info.run_id, "val/loss")
+    )
 
 
-MOMENTS: dict[str, Callable[[str, str], bool]] = {
-    # the first child run is open: Tune's first snapshot may or may not hold the trial
-    "first-run-open": lambda uri, exp: bool(_runs(uri, exp)[1]),
-    # a trial just finished: the study has told it, Tune's snapshot (every ~10 s) has not
-    "trial-just-finished": lambda uri, exp: _finished(uri, exp) >= 1,
-    # halfway through the second trial
-    "mid-trial": _mid_trial,
-}
-
-
-@pytest.mark.parametrize("moment", sorted(MOMENTS))
-def test_sigkilled_driver_resumes_exactly(
-    moment: str, tracking_server: str, tmp_path: Path
+def test_a_driver_sigkilled_at_each_moment_in_turn_resumes_exactly(
+    tracking_server: str, tmp_path: Path
 ) -> None:
-    experiment = f"kill-{moment}"
+    """One sweep, its driver SIGKILLed three times, each resume killed at the next moment:
+
+    1. the first child run is open (Tune's first snapshot may or may not hold the trial);
+    2. a trial just finished (the study has told it, Tune's snapshot, every ~10 s, has not);
+    3. halfway through the next trial, right after its checkpoint, when Tune copies its state
+       into the storage: the copy is cut, as a kill during it does (resume puts back the last
+       whole snapshot).
+
+    The last resume ends with exactly ``SAMPLES`` finished runs, each configuration counted once
+    in the study, and every killed driver's Ray processes stopped.
+    """
+    experiment = "kill-in-turn"
     results = tmp_path / "results"
     args = ["run", "demo", *TINY, f"search.num_samples={SAMPLES}",
             f"tracking.uri={tracking_server}", f"tracking.experiment={experiment}",
             f"storage.path={results}"]  # fmt: skip
-    proc = _start(args, tmp_path)
-    try:
-        _wait_for(proc, lambda: MOMENTS[moment](tracking_server, experiment))
+    orphans: list[int] = []
+    started: list[subprocess.Popen] = []
+
+    def kill_when(cli_args: list[str], moment: Callable[[], bool]) -> Path:
+        started.append(proc := _start(cli_args, tmp_path))
+        _wait_for(proc, moment)
         os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray is orphaned, as in life
         proc.wait(timeout=30)
-        folder = _sweep_folder(results)
-        record = json.loads((folder / "bitsweep_pids.json").read_text())
-        orphans = [p["pid"] for p in record["processes"] if p["kind"] != "driver"]
-        if moment == "mid-trial":  # right after a checkpoint Tune copies its state: cut it, as
-            # a kill during that copy does (resume puts back the sweep's last whole snapshot)
-            for state in folder.glob("experiment_state-*.json"):
-                state.write_bytes(b"")
-        done = _cli("resume", folder.name, "--storage", str(results), cwd=tmp_path)
+        found = _sweep_folder(results)
+        record = json.loads((found / "bitsweep_pids.json").read_text())
+        orphans.extend(p["pid"] for p in record["processes"] if p["kind"] != "driver")
+        return found
+
+    try:
+        folder = kill_when(args, lambda: bool(_runs(tracking_server, experiment)[1]))
+        resume = ["resume", folder.name, "--storage", str(results)]
+        kill_when(resume, lambda: _finished(tracking_server, experiment) >= 1)
+        since = int(time.time() * 1000)
+        kill_when(resume, lambda: _mid_trial_since(tracking_server, experiment, since))
+        for state in folder.glob("experiment_state-*.json"):
+            state.write_bytes(b"")
+        done = _cli(*resume, cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "UpdateFinishedTrialError" not in done.stdout + done.stderr
+        assert "last whole snapshot" in done.stderr
     finally:
-        _stop_group(proc)
+        for proc in started:
+            _stop_group(proc)
     _assert_exact(tracking_server, experiment, SAMPLES)
     import optuna
 
@@ -166,7 +183,7 @@ def test_sigkilled_driver_resumes_exactly(
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     import psutil
 
-    # the killed driver's Ray processes were stopped by the resume (by pid, from its record)
+    # the killed drivers' Ray processes were stopped by the resumes (by pid, from their record)
     assert orphans and not [p for p in orphans if psutil.pid_exists(p) and _is_ray(p)]
 
 

@@ -210,10 +210,10 @@ def test_a_stop_condition_ends_the_sweep_and_tables_say_what_they_show(tmp_path:
 
 
 def test_a_time_budget_ends_the_sweep(tmp_path: Path) -> None:
-    # 2000 tiny trials one at a time take far longer than 40 s on any machine (each is ~1 s), so
+    # 2000 tiny trials one at a time take far longer than 20 s on any machine (each is ~1 s), so
     # only the budget can have ended this sweep
     result = _cli(tmp_path, "run", "demo", *TINY, "search.num_samples=2000",
-                  "search.time_budget_s=40", "resources.max_concurrent_trials=1")  # fmt: skip
+                  "search.time_budget_s=20", "resources.max_concurrent_trials=1")  # fmt: skip
     out = _ok(result)
     trials = int(re.search(r"^sweep \S+: (\d+) trials", out, re.M).group(1))
     assert 1 <= trials < 2000

@@ -136,8 +136,8 @@ def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: floa
 
 
 def test_interrupted_sweep_resumes_each_trial_once(mlflow_server: str, tmp_path: Path) -> None:
-    args = ["run", "demo", *LM_TINY, "train.steps=60", "train.eval_every=20",
-            "search.num_samples=4", "search.scheduler.type=none",
+    args = ["run", "demo", *LM_TINY, "train.steps=40", "train.eval_every=20",
+            "search.num_samples=3", "search.scheduler.type=none",
             "resources.max_concurrent_trials=1",
             f"tracking.uri={mlflow_server}", "tracking.experiment=resume",
             f"storage.path={tmp_path / 'results'}"]  # fmt: skip
@@ -169,11 +169,11 @@ def test_interrupted_sweep_resumes_each_trial_once(mlflow_server: str, tmp_path:
     assert proc.returncode == 130, output
     assert "bitsweep resume demo" in output
     _, before = _sweep_runs(mlflow_server, "resume", "demo")
-    assert 1 <= len([c for c in before if c.data.tags["bitsweep.status"] == "finished"]) < 4
+    assert 1 <= len([c for c in before if c.data.tags["bitsweep.status"] == "finished"]) < 3
     done = _cli("resume", "demo", "--storage", str(tmp_path / "results"), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     parent, children = _sweep_runs(mlflow_server, "resume", "demo")
-    assert len(children) == 4
+    assert len(children) == 3
     assert sorted(c.data.tags["bitsweep.trial_id"] for c in children) == sorted(
         {c.data.tags["bitsweep.trial_id"] for c in children}
     )
@@ -182,7 +182,7 @@ def test_interrupted_sweep_resumes_each_trial_once(mlflow_server: str, tmp_path:
         steps = [
             m.step for m in _client(mlflow_server).get_metric_history(child.info.run_id, "val/loss")
         ]
-        assert steps == [20, 40, 60], steps  # no step logged twice
+        assert steps == [20, 40], steps  # no step logged twice
     assert parent.info.status == "FINISHED"
     assert json.loads(parent.data.tags["bitsweep.objectives"]) == [["val/bpb", "min"]]
 
