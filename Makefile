@@ -12,6 +12,9 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 PYTEST_ARGS ?=
+# Two test processes (one test file each at a time): the sweeps in the slow tests wait on
+# process starts and I/O about half the time, so two share the 2 cores of the project's machines.
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .PHONY: setup setup-dev demo test lint bench clean
@@ -44,7 +47,7 @@ lint: setup-dev
 	$(BIN)/ruff format --check .
 
 test: setup-dev lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks are not tests: each prints ratios against a baseline of the same run and writes
 # benchmarks/results/*.json; BENCHMARKS.md is regenerated from them.

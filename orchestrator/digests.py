@@ -52,15 +52,29 @@ def guarded(name: str) -> bool:
 
 
 def _key() -> bytes:
+    """This machine's digest key, made on first use.
+
+    Made whole under a private name, then linked into place: two drivers starting at once on a
+    fresh machine both end with the one key that won, never a half-written one.
+    """
     path = bitsweep_home() / KEY_FILE
     try:
-        return bytes.fromhex(path.read_text().strip())
+        text = path.read_text().strip()
+        if len(text) == 64:
+            return bytes.fromhex(text)
     except (OSError, ValueError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    private = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
+    try:
+        os.link(private, path)  # atomic, and refused when another driver's key got there first
+    except FileExistsError:
+        pass
+    finally:
+        private.unlink(missing_ok=True)
     return bytes.fromhex(path.read_text().strip())
 
 

@@ -64,3 +64,18 @@ def test_trust_switch_and_guarded_names(tmp_path: Path, monkeypatch: pytest.Monk
     verify(str(folder))
     assert guarded("search_gen_state-x.json") and guarded("basic-variant-state-x.json")
     assert not guarded("bitsweep_sweep.yaml") and not guarded("tmp-searcher-state-x.pkl")
+
+
+def test_drivers_starting_at_once_on_a_fresh_machine_share_one_whole_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "from orchestrator.digests import _key; print(_key().hex())"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    keys = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert len(keys) == 1 and len(keys.pop()) == 64
+    home = tmp_path / "home"
+    assert [p.name for p in home.iterdir()] == ["digest.key"]  # no private copy left behind

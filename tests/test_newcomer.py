@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 ADDRESS: list[str] = []  # the Ray the CLI runs attach to (filled by the autouse fixture)
+SESSION_DIR: list[str] = []  # and its session folder (its raylet's command line names it)
 TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "train.batch_size=8",
         "data.eval_batches=1", "train.steps=20", "train.eval_every=10",
         "search.num_samples=2"]  # fmt: skip
@@ -64,8 +65,10 @@ def _session_ray(ray_session: Any) -> Any:
     """Sweeps attach to the test session's Ray (2 CPUs): starting a Ray per sweep times out on a
     busy 2-core machine. The README test starts its own, as a user's `make demo` does."""
     ADDRESS[:] = [ray_session.address_info["address"]]
+    SESSION_DIR[:] = [ray_session.address_info["session_dir"]]
     yield
     ADDRESS.clear()
+    SESSION_DIR.clear()
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +223,8 @@ def test_a_time_budget_ends_the_sweep(tmp_path: Path) -> None:
 
 
 def _trial_processes() -> list[Any]:
-    """The running one-process trials of the session's Ray (Tune's function-trainable actors)."""
+    """The running one-process trials of this session's Ray (Tune's function-trainable actors):
+    children of its raylet, so another Ray on the machine (a parallel test worker's) is left be."""
     import psutil
 
     found = []
@@ -229,7 +233,10 @@ def _trial_processes() -> list[Any]:
         if cmdline.startswith("ray::ImplicitFunc") or cmdline.startswith(
             "ray::single_process_trial"
         ):
-            found.append(proc)
+            with contextlib.suppress(psutil.Error):
+                parent = proc.parent()
+                if parent is not None and SESSION_DIR[0] in " ".join(parent.cmdline()):
+                    found.append(proc)
     return found
 
 
