@@ -277,7 +277,9 @@ def _sweep_file(tmp_path: Path, name: str, search: dict[str, Any], **sections: A
 
 def test_interrupted_multi_objective_sweep_resumes(tmp_path: Path) -> None:
     search = {
-        "algorithm": "optuna", "num_samples": 3,
+        # four: ASHA may stop the others within a second of the first one finishing, and the
+        # interrupt must still find the sweep running
+        "algorithm": "optuna", "num_samples": 4,
         "objectives": [{"metric": "val/acc", "mode": "max"},
                        {"metric": "model/bits_total", "mode": "min"}],
         "space": {"quant.weight_bits": {"dist": "choice", "values": [2, 4, 8]}},
@@ -287,7 +289,7 @@ def test_interrupted_multi_objective_sweep_resumes(tmp_path: Path) -> None:
         tmp_path, "mo-resume", search, quant={"scheme": "lsq", "first_last": "same"},
         train={**BASE["train"], "steps": 30},
     )  # fmt: skip
-    _interrupt_then_resume(tmp_path, path, "mo-resume", expected=3)
+    _interrupt_then_resume(tmp_path, path, "mo-resume", expected=4)
 
 
 def test_interrupted_pbt_sweep_resumes(tmp_path: Path) -> None:
