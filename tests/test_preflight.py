@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+from test_state_snapshot import staging_set
 
 from orchestrator.preflight import StateFileError, check_restorable
 from orchestrator.state_snapshot import save_snapshot
@@ -37,20 +38,13 @@ def test_sound_state_passes(tmp_path: Path) -> None:
     check_restorable(str(tmp_path))
 
 
-def _staging_set(folder: Path, trials: int) -> list[str]:
-    state = {"trial_data": [["t", "{}"]] * trials}
-    (folder / "experiment_state-a.json").write_text(json.dumps(state))
-    (folder / "searcher-state-a.pkl").write_bytes(pickle.dumps({"trials": trials}))
-    return ["experiment_state-a.json", "searcher-state-a.pkl"]
-
-
 def test_a_state_file_cut_by_a_killed_driver_is_put_back_from_the_snapshot(
     tmp_path: Path,
 ) -> None:
     storage, staging = tmp_path / "storage", tmp_path / "staging"
     storage.mkdir(), staging.mkdir()
-    save_snapshot(str(storage), str(staging), _staging_set(staging, 1))
-    names = _staging_set(staging, 2)
+    save_snapshot(str(storage), str(staging), staging_set(staging, 1))
+    names = staging_set(staging, 2)
     save_snapshot(str(storage), str(staging), names)  # the newer snapshot replaces the first
     for name in names:  # Tune's copy to the storage: the driver died while it copied the state
         (storage / name).write_bytes((staging / name).read_bytes())

@@ -9,7 +9,8 @@ from pathlib import Path
 from orchestrator.state_snapshot import cut_files, restore_snapshot, save_snapshot
 
 
-def _staging_set(folder: Path, trials: int) -> list[str]:
+def staging_set(folder: Path, trials: int) -> list[str]:
+    """Write a whole staging set (experiment state, searcher pickle) of ``trials``; its names."""
     state = {"trial_data": [["t", "{}"]] * trials}
     (folder / "experiment_state-a.json").write_text(json.dumps(state))
     (folder / "searcher-state-a.pkl").write_bytes(pickle.dumps({"trials": trials}))
@@ -19,7 +20,7 @@ def _staging_set(folder: Path, trials: int) -> list[str]:
 def test_a_cut_pickle_counts_as_cut_and_an_incomplete_staging_set_is_not_snapshot(
     tmp_path: Path,
 ) -> None:
-    names = _staging_set(tmp_path, 1)
+    names = staging_set(tmp_path, 1)
     data = (tmp_path / "searcher-state-a.pkl").read_bytes()
     (tmp_path / "searcher-state-a.pkl").write_bytes(data[:-3])
     assert [p.name for p in cut_files(tmp_path)] == ["searcher-state-a.pkl"]
