@@ -223,6 +223,26 @@ def test_diffusion_mode_trains_and_reports_through_the_loop(tmp_path: Path) -> N
     assert "--- step 60" in samples
 
 
+def test_eval_at_start_reports_the_untrained_denoisers_validation() -> None:
+    """A diffusion run's val/loss comes from its control, not evaluate(): so does the start's."""
+    from trainables.bit_control import BitLMControl
+    from trainables.build import build_model, initial_architecture, load_task_data
+
+    cfg = RunConfig().with_overrides(
+        {**TINY, "train.steps": 2, "train.eval_every": 2, "train.eval_at_start": True}
+    )
+    reporter = ListReporter()
+    train(cfg, reporter=reporter)
+    (first,) = reporter.metrics
+    data = load_task_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    untrained = build_model(cfg, initial_architecture(cfg, data))
+    expected = BitLMControl(cfg, data).validation(untrained)
+    assert set(expected) == {"val/loss", "val/bpb"}  # mask noise: the ELBO bound too
+    assert first["val/loss_start"] == pytest.approx(expected["val/loss"], rel=1e-6)
+    assert first["val/bpb_start"] == pytest.approx(expected["val/bpb"], rel=1e-6)
+
+
 def test_diffusion_keys_need_the_non_causal_bit_lm() -> None:
     with pytest.raises(ConfigError, match=r"diffusion\.noise need model\.causal: false"):
         RunConfig().with_overrides({**TINY, "model.causal": True, "diffusion.noise": "flip"})

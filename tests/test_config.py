@@ -68,6 +68,7 @@ def test_overrides_round_trip(steps: int, lr: float, scheme: str, warmup: float)
         ({"quant": {"scheme": "int3"}}, "quant.scheme", "must be one of"),
         ({"schedule": {"kind": "cosine"}}, "schedule.kind", "'linear'"),
         ({"loss": {"lambda_br": -0.5}}, "loss.lambda_br", "greater than or equal to 0"),
+        ({"train": {"eval_at_start": "sometimes"}}, "train.eval_at_start", "valid boolean"),
         ({"loss": {"lambda_r": 0.1}}, "loss.lambda_r", "model.early_exit"),
         ({"loss": {"lambda_br": 1.0}}, "loss.lambda_br", "lsq"),
         ({"loss": {"bit_loss_weight": 1.0}}, "loss.bit_loss_weight", "adaptive"),
@@ -207,3 +208,8 @@ def test_a_scheme_override_drops_the_old_schemes_written_options() -> None:
     same = {"quant": {"scheme": "lsq", "block_size": 16}}
     retarget_document(same, same, {"quant.scheme": "lsq"})
     assert "block_size" in same["quant"]
+
+
+def test_eval_at_start_is_off_unless_asked_for() -> None:
+    assert RunConfig().train.eval_at_start is False
+    assert RunConfig().with_overrides({"train.eval_at_start": "true"}).train.eval_at_start is True

@@ -189,6 +189,30 @@ def test_byte_fallback_resumes_exactly(llama_dirs: dict[str, Path], tmp_path: Pa
     assert manifest["final_lambda"] == 1.0 and manifest["compression_ready"] is True
 
 
+def test_the_converted_model_is_evaluated_before_fine_tuning(
+    llama_dirs: dict[str, Path],
+) -> None:
+    """The preset's ``train.eval_at_start``: the ternary model's loss before fine-tuning."""
+    from trainables.build import build_model, initial_architecture, load_task_data
+    from trainables.evaluation import evaluate
+
+    preset = load_sweep("bitnet-finetune", [f"model.hf_path={llama_dirs['bytes']}"], notify=None)
+    assert preset.run.train.eval_at_start is True
+    cfg = _cfg(llama_dirs["bytes"], **{"data.max_bytes": 8192, "train.eval_at_start": True})
+    reporter = ListReporter()
+    train(cfg, reporter=reporter)
+    first = reporter.metrics[0]
+    data = load_task_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    converted = build_model(cfg, initial_architecture(cfg, data))  # converted, not fine-tuned
+    assert any(isinstance(m, QuantLayer) for m in converted.modules())
+    expected = evaluate(converted, data, cfg)
+    assert first["val/loss_start"] == pytest.approx(expected["val/loss"], rel=1e-6)
+    assert first["val/bpb_start"] == pytest.approx(expected["val/bpb"], rel=1e-6)
+    assert all("val/loss_start" not in m for m in reporter.metrics[1:])
+    assert math.isfinite(reporter.last["val/loss"])  # the value after, for the results report
+
+
 def test_token_corpus_is_a_byte_corpus_of_token_ids(llama_dirs: dict[str, Path]) -> None:
     from trainables.build import load_task_data
 
@@ -228,6 +252,7 @@ def test_preset_runs_end_to_end(
     assert {k: run.data.tags[k] for k in ("stage", "source", "model")} == {
         "stage": "bitnet158", "source": "selfgen", "model": "tiny-llama"}  # fmt: skip
     assert {"val/loss", "val/bpb", "train/grad_norm", "quant/lambda"} <= set(run.data.metrics)
+    assert {"val/loss_start", "perf/saved_activation_mib"} <= set(run.data.metrics)  # 1st report
     assert run.data.params["train.grad_accum"] == "2"
     assert run.data.params["model.rmsnorm_post_attn"] == "true"
     run_id, where = run.info.run_id, tmp_path / "download"

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import trainables.loop as loop_module
 import trainables.objective as objective_module
+from trainables.build import build_model, initial_architecture, load_task_data
 from trainables.config import RunConfig
+from trainables.evaluation import evaluate
 from trainables.loop import PACKED_DIR, train
 from trainables.objective import LossDivergedError
 from trainables.quant import load_packed_checkpoint
@@ -233,3 +236,79 @@ def test_divergence_names_the_term_and_step(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(objective_module, "quantization_mse", poisoned)
     with pytest.raises(LossDivergedError, match=r"loss/quant became nan at step 2"):
         train(_cfg(TINY_LM, loss={"lambda_q": 0.1}))
+
+
+# ---- measurements of step 0, in the first report (issue 18) --------------------------------------
+
+START = {"val/loss_start", "val/bpb_start", "val/acc_start"}
+
+
+def _untrained_evaluation(cfg: RunConfig) -> dict[str, float]:
+    """evaluate() of the model a run of ``cfg`` starts from, built here from the same seed."""
+    data = load_task_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    return evaluate(build_model(cfg, initial_architecture(cfg, data)), data, cfg)
+
+
+@pytest.mark.parametrize(
+    ("base", "reported"),
+    [(TINY_LM, {"val/loss", "val/bpb"}), (DIGITS, {"val/loss", "val/acc"})],
+    ids=["lm", "vision"],
+)
+def test_eval_at_start_adds_the_untrained_models_validation_to_the_first_report(
+    base: dict, reported: set[str]
+) -> None:
+    cfg = _cfg(base, train={"eval_at_start": True})
+    reporter = ListReporter()
+    result = train(cfg, reporter=reporter)
+    assert [m["step"] for m in reporter.metrics] == [6, 12]  # no report of its own
+    first = reporter.metrics[0]
+    assert START & set(first) == {f"{name}_start" for name in reported}
+    assert not any(START & set(m) for m in reporter.metrics[1:])
+    expected = _untrained_evaluation(cfg)
+    for name in reported:
+        assert first[f"{name}_start"] == pytest.approx(expected[name], rel=1e-6), name
+    assert first["val/loss_start"] != pytest.approx(first["val/loss"])  # not the step-6 value
+    # the evaluation leaves the training as it was: the run equals one without the flag
+    plain = ListReporter()
+    train(cfg.with_overrides({"train.eval_at_start": False}), reporter=plain)
+    assert not any(START & set(m) for m in plain.metrics)
+    assert [_comparable(m) for m in plain.metrics] == [
+        {k: v for k, v in _comparable(m).items() if k not in START} for m in reporter.metrics
+    ]
+    assert _comparable(result.metrics) == _comparable(plain.metrics[-1])
+
+
+def test_a_resumed_run_neither_evaluates_at_start_nor_measures_activations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _cfg(TINY_LM, train={"eval_at_start": True})
+    first = ListReporter(tmp_path)
+    train(cfg, reporter=first, stop_after=6)
+    assert {"val/loss_start", "perf/saved_activation_mib"} <= set(first.metrics[0])
+    evaluations: list[int] = []
+    real = loop_module.evaluate
+
+    def counted(*args: object, **kwargs: object) -> dict[str, float]:
+        evaluations.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop_module, "evaluate", counted)
+    resumed = ListReporter()
+    train(cfg, reporter=resumed, resume_from=first.checkpoints[-1])
+    assert [m["step"] for m in resumed.metrics] == [12]
+    assert len(evaluations) == 1  # the report's own evaluation only
+    assert not {"val/loss_start", "perf/saved_activation_mib"} & set(resumed.metrics[0])
+
+
+def test_saved_activation_memory_is_in_the_first_report_only() -> None:
+    short = {"steps": 3, "eval_every": 1}
+    reporter = ListReporter()
+    train(_cfg(TINY_LM, train=short), reporter=reporter)
+    first, later = reporter.metrics[0], reporter.metrics[1:]
+    assert first["perf/saved_activation_mib"] > 0 and later
+    assert all("perf/saved_activation_mib" not in m for m in later)
+    doubled = ListReporter()
+    train(_cfg(TINY_LM, train={**short, "batch_size": 16}), reporter=doubled)
+    ratio = doubled.metrics[0]["perf/saved_activation_mib"] / first["perf/saved_activation_mib"]
+    assert 1.8 < ratio < 2.2  # activations scale with the batch; the weights are not counted

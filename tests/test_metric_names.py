@@ -109,6 +109,20 @@ def test_a_config_declares_only_declared_names() -> None:
     assert "route/exit_frac/3" not in names and "val/acc" not in names  # 2 layers, a byte LM
 
 
+def test_the_start_evaluation_is_declared_for_runs_with_eval_at_start_only() -> None:
+    lm = RunConfig.from_flat({"train.eval_at_start": True})
+    vision = lm.with_overrides(
+        {"task.kind": "vision", "model.arch": "mlp", "data.source": "digits"}
+    )
+    start = {"val/loss_start", "val/bpb_start", "val/acc_start"}
+    assert metric_names.reported_metrics(lm) & start == {"val/loss_start", "val/bpb_start"}
+    assert metric_names.reported_metrics(vision) & start == {"val/loss_start", "val/acc_start"}
+    assert not metric_names.reported_metrics(RunConfig()) & start
+    problem = unreported_problem("val/loss_start", metric_names.reported_metrics(RunConfig()))
+    assert problem is not None and "train.eval_at_start" in problem
+    assert "perf/saved_activation_mib" in metric_names.reported_metrics(RunConfig())
+
+
 def test_an_unreported_name_is_explained() -> None:
     reported = metric_names.reported_metrics(RunConfig.from_flat({"model.early_exit": True}))
     assert unreported_problem("val/loss_exit", reported) is None

@@ -101,6 +101,28 @@ def test_grad_norm_is_the_pre_clip_total_norm(corpus: ByteCorpus) -> None:
     assert math.isclose(clip_gradients(model.parameters(), None), after, rel_tol=1e-5)
 
 
+def test_activation_memory_is_measured_on_the_first_micro_batch_only(corpus: ByteCorpus) -> None:
+    cfg = RunConfig.from_flat(BASE)
+    x, y = corpus.get_batch("train", 8, 16, torch.Generator().manual_seed(1))
+    small, large = (x[:2], y[:2]), (x, y)
+    model, objective = _model_and_objective(cfg, corpus)
+    plain = accumulate_gradients(model, objective, [small, large], 0)
+    reference = _grads(model)
+    model.zero_grad(set_to_none=True)
+    measured = accumulate_gradients(model, objective, [small, large], 0, measure_activations=True)
+    assert plain.saved_activation_bytes is None
+    for name, grad in _grads(model).items():  # the hooks change nothing the step computes
+        torch.testing.assert_close(grad, reference[name], rtol=0, atol=0, msg=name)
+    assert measured.losses == plain.losses
+    model.zero_grad(set_to_none=True)
+    alone = accumulate_gradients(model, objective, [small], 0, measure_activations=True)
+    model.zero_grad(set_to_none=True)
+    first_large = accumulate_gradients(model, objective, [large], 0, measure_activations=True)
+    # the batch of 2 alone, not both: the batch of 8 after it is not measured
+    assert measured.saved_activation_bytes == alone.saved_activation_bytes > 0
+    assert first_large.saved_activation_bytes > 3 * alone.saved_activation_bytes  # 4x the samples
+
+
 def test_loop_reports_grad_norm(corpus: ByteCorpus) -> None:
     reporter = ListReporter()
     train(RunConfig.from_flat({**BASE, "train.grad_clip": None}), data=corpus, reporter=reporter)

@@ -128,6 +128,22 @@ class BitLMControl:
         return metrics
 
     @torch.no_grad()
+    def validation(self, model: nn.Module) -> dict[str, float]:
+        """The denoiser's ``val/loss`` (and ``val/bpb``) alone, telemetry state untouched.
+
+        ``{}`` for the causal model, whose validation is :func:`trainables.evaluation.evaluate`'s.
+        """
+        if self.causal:
+            return {}
+        raw = unwrap(model)
+        was_training = raw.training
+        raw.eval()
+        try:
+            return self._denoiser_validation(raw, self._val_batches())
+        finally:
+            raw.train(was_training)
+
+    @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
         """K, C, S of another model (a distilled student): one generation, no retries, no state."""
         raw = unwrap(model)

@@ -223,6 +223,8 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1, le=1024)  # micro-batches per optimizer step (seed 003)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU autocast on CPU)
+    # evaluate once before the first step (not on resume): val/loss_start etc. in the first report
+    eval_at_start: bool = False
 
 
 class TelemetryConfig(Section):

@@ -5,6 +5,11 @@ computes the joint loss (:mod:`trainables.objective`), and every ``train.eval_ev
 evaluates at lam = 1, reports the metrics contract, may grow the model (seed 004) and offers a
 checkpoint. A checkpoint holds the (grown) architecture, model, optimizer, schedule state, step
 and RNG states, so a resumed run continues exactly where the first one stopped.
+
+A run started from step 0 adds two measurements to its first report, without a report of their
+own (Tune's schedulers count reports): ``perf/saved_activation_mib`` (the activation memory of
+its first micro-batch) and, with ``train.eval_at_start``, ``val/loss_start`` (``val/bpb_start``
+or ``val/acc_start``), the model evaluated before the first step.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from trainables import metric_names as names
-from trainables.bit_control import bit_lm_control
+from trainables.activation_memory import MIB
+from trainables.bit_control import BitLMControl, bit_lm_control
 from trainables.build import (
     Architecture,
     TaskData,
@@ -55,6 +61,9 @@ from trainables.reporting import CheckpointWriter, Reporter
 from trainables.train_step import accumulate_gradients, clip_gradients
 
 PACKED_DIR = "packed"
+# what the evaluation before the first step (train.eval_at_start) reports each metric as
+START_NAMES = {names.VAL_LOSS: names.VAL_LOSS_START, names.VAL_BPB: names.VAL_BPB_START,
+               names.VAL_ACC: names.VAL_ACC_START}  # fmt: skip
 
 
 @dataclass
@@ -226,7 +235,14 @@ def train(
     window_samples = 0
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
+    first_report: dict[str, float] = {}  # step 0's measurements, added to the first report
     try:
+        if cfg.train.eval_at_start and step == 0:  # not on resume: the start is long gone
+            # at step 0's lam, so the layers are set as training starts (they evaluate at 1)
+            apply_lambda_schedule(model, schedule, 0, total_steps,
+                                  applies_to=cfg.schedule.applies_to)  # fmt: skip
+            evaluated = wrapped if parallel.strategy == "fsdp" else model
+            first_report.update(_start_metrics(evaluated, data, cfg, control, parallel.device))
         while step < last_step:
             started = time.perf_counter()
             lam = apply_lambda_schedule(
@@ -244,8 +260,13 @@ def train(
                 micro = [control.training_batch(x, y, step) for x, y in micro]
             optimizer.zero_grad(set_to_none=True)
             # seed 003's knobs: grad_accum micro-batches, bf16 autocast, the pre-clip grad norm
-            done = accumulate_gradients(wrapped, objective, micro, step,
-                                        precision=cfg.train.precision)  # fmt: skip
+            # the activation memory of step 0's first micro-batch only: the hooks slow a step
+            done = accumulate_gradients(
+                wrapped, objective, micro, step, precision=cfg.train.precision,
+                measure_activations=step == 0 and parallel.is_main,
+            )  # fmt: skip
+            if done.saved_activation_bytes is not None:
+                first_report[names.PERF_SAVED_ACTIVATION] = done.saved_activation_bytes / MIB
             grad_norm = clip_gradients(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
             step += 1
@@ -271,6 +292,8 @@ def train(
             else:
                 metrics[names.PERF_SAMPLES] = rate
             window, window_steps, window_time, window_samples = {}, 0, 0.0, 0
+            metrics.update(first_report)
+            first_report = {}
             if cfg.growth.enabled and step < total_steps and should_grow(growth, metrics, cfg):
                 model, optimizer = grow_model(model, optimizer, growth, cfg, step)
                 metrics.update(last_event_metrics(growth, step))  # growth/* event metrics
@@ -306,6 +329,26 @@ def train(
     finally:
         objective.close()
     return TrainResult(metrics, unwrap(wrapped), architecture, step, history)
+
+
+def _start_metrics(
+    model: nn.Module,
+    data: TaskData,
+    cfg: RunConfig,
+    control: BitLMControl | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """``val/loss_start`` and the others of :data:`START_NAMES`: the model before step 1.
+
+    The RNG states are restored afterwards, so the training that follows is that of a run
+    without the evaluation. The bit LM's denoiser validates through its control (``val/loss``
+    of a diffusion run comes from there, not from :func:`evaluate`).
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        measured = evaluate(model, data, cfg)
+        if control is not None:
+            measured.update(control.validation(model))
+    return {start: measured[name] for name, start in START_NAMES.items() if name in measured}
 
 
 def _initialize_step_sizes(

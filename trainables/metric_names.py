@@ -39,6 +39,10 @@ VAL_BPB = "val/bpb"
 VAL_ACC = "val/acc"
 PERF_TOKENS = "perf/tokens_per_s"
 PERF_SAMPLES = "perf/samples_per_s"
+PERF_SAVED_ACTIVATION = "perf/saved_activation_mib"  # first report of a run from step 0
+VAL_LOSS_START = "val/loss_start"  # the first report, with train.eval_at_start
+VAL_BPB_START = "val/bpb_start"
+VAL_ACC_START = "val/acc_start"
 GROWTH_STAGE = "growth/stage"
 MODEL_PARAMS = "model/params"
 MODEL_BITS_TOTAL = "model/bits_total"
@@ -116,6 +120,7 @@ def _m(name: str, description: str, when: str = EVERY_RUN) -> Metric:
 _EARLY_EXIT = "model.early_exit"
 _BIT_LM = "model.arch bit_lm"
 _GROWTH = "growth.enabled"
+_EVAL_AT_START = "train.eval_at_start"
 _growth_event = f"at the evaluations where the model grew ({_GROWTH})"
 
 METRICS: tuple[Metric, ...] = (
@@ -132,6 +137,23 @@ METRICS: tuple[Metric, ...] = (
     _m(PERF_TOKENS, "training throughput in tokens per second", "task.kind lm"),
     _m(VAL_ACC, "validation accuracy", "task.kind vision"),
     _m(PERF_SAMPLES, "training throughput in samples per second", "task.kind vision"),
+    _m(
+        PERF_SAVED_ACTIVATION,
+        "MiB autograd saves for backward in the first micro-batch of step 0 (main rank; in the "
+        "first report of a run started from step 0, not after a resume)",
+    ),
+    # the evaluation before the first step (trainables.loop), in the first report only
+    _m(VAL_LOSS_START, "val/loss before the first training step", _EVAL_AT_START),
+    _m(
+        VAL_BPB_START,
+        "val/bpb before the first training step",
+        f"task.kind lm and {_EVAL_AT_START}",
+    ),
+    _m(
+        VAL_ACC_START,
+        "val/acc before the first training step",
+        f"task.kind vision and {_EVAL_AT_START}",
+    ),
     # model size (trainables.metrics)
     _m(MODEL_PARAMS, "number of parameters"),
     _m(MODEL_BITS_TOTAL, "bits a packed checkpoint of the model stores"),
@@ -239,6 +261,8 @@ def reported_metrics(cfg: Any) -> frozenset[str]:
         names |= {VAL_BPB, PERF_TOKENS}
     else:
         names |= {VAL_ACC, PERF_SAMPLES}
+    if cfg.train.eval_at_start:
+        names |= {VAL_LOSS_START, VAL_BPB_START if cfg.task.kind == "lm" else VAL_ACC_START}
     if cfg.quant.has(LEARNABLE_BITS):
         names.add(LAYER_BITS)
     for term, weight in (("quant", loss.lambda_q), ("exit", loss.lambda_exit),

@@ -3,7 +3,8 @@
 Seed 003's knobs: ``train.grad_accum`` micro-batches per optimizer step (each loss divided by
 their number, so the gradient is that of the mean over all of them: accumulating 2 batches of b
 equals one batch of 2b), ``train.precision: bf16`` (autocast; CPU autocast on a CPU device) and
-``train/grad_norm``, the total gradient norm before clipping.
+``train/grad_norm``, the total gradient norm before clipping. On request it also measures the
+activation memory of the first micro-batch (:mod:`trainables.activation_memory`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from trainables.activation_memory import SavedTensorMeter
 from trainables.objective import TrainingObjective, check_finite
 
 
@@ -26,6 +28,8 @@ class StepResult:
     losses: dict[str, float] = field(default_factory=dict)  # "train/loss" and loss terms
     metrics: dict[str, float] = field(default_factory=dict)  # the model's own step metrics
     samples: int = 0
+    # bytes autograd saved for backward in the first micro-batch, when measured
+    saved_activation_bytes: int | None = None
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager[None]:
@@ -42,11 +46,15 @@ def accumulate_gradients(
     step: int,
     *,
     precision: str = "fp32",
+    measure_activations: bool = False,
 ) -> StepResult:
     """Forward and backward every micro-batch, adding ``loss / len(micro_batches)`` gradients.
 
     A DDP-wrapped model synchronizes only on the last micro-batch (``no_sync``). Raises the
-    objective's ``LossDivergedError`` on a non-finite loss.
+    objective's ``LossDivergedError`` on a non-finite loss. With ``measure_activations`` the
+    forward of the first micro-batch (model and loss terms) runs under a
+    :class:`SavedTensorMeter`, whose count lands in ``saved_activation_bytes``; backward runs
+    outside it, so a reversible stack's recomputation (freed block by block) is not counted.
     """
     count = len(micro_batches)
     result = StepResult()
@@ -57,15 +65,23 @@ def accumulate_gradients(
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             objective.begin_step(step)
-            with autocast(precision, device):
+            meter = _meter(wrapped) if measure_activations and index == 0 else None
+            with meter or contextlib.nullcontext(), autocast(precision, device):
                 out = wrapped(x, targets=y)
                 total, terms = objective(out, step)
+            if meter is not None:
+                result.saved_activation_bytes = meter.bytes
             check_finite(total, terms, step)
             (total / count).backward()
         _add(result.losses, {"train/loss": total, **terms}, count)
         _add(result.metrics, out.metrics, count)
         result.samples += x.shape[0]
     return result
+
+
+def _meter(wrapped: nn.Module) -> SavedTensorMeter:
+    # weights and buffers stay resident whatever the step saves: not activation memory
+    return SavedTensorMeter(exclude=[*wrapped.parameters(), *wrapped.buffers()])
 
 
 def _add(into: dict[str, float], values: dict[str, object], count: int) -> None:
