@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -68,16 +69,24 @@ def ablation_figure(
     title: str | None = None,
     value: str | None = None,
     count: pd.DataFrame | None = None,
+    subtitle: str | None = None,
 ) -> Figure:
     """The ablation matrix as a heatmap, each cell annotated ``mean ± std`` (and ``n=`` with
     ``count``); empty cells (NaN mean) are blank. Saved as PNG when ``path`` is given.
+
+    ``subtitle`` goes under the title, wrapped: what each cell averages over
+    (:meth:`orchestrator.ablation_keys.CellKeys.describe`).
 
     ``mean``, ``std`` and ``count`` come from :func:`orchestrator.analysis.ablation_matrix` and
     :func:`~orchestrator.analysis.ablation_counts` (or :meth:`SweepResults.ablation`).
     """
     values = mean.to_numpy(dtype=float)
     n_rows, n_cols = values.shape
-    fig = Figure(figsize=(max(4.0, 1.6 * n_cols + 2.0), max(3.0, 0.8 * n_rows + 1.8)))
+    # rows split by other keys carry long labels ("BitLinear · rmsnorm_post_attn=True"): widen
+    longest = max((len(_label(r)) for r in mean.index), default=0)
+    width = 1.6 * n_cols + 2.0 + 0.07 * max(0, longest - 12)
+    # constrained, not tight: tight_layout leaves the colorbar's label outside the figure
+    fig = Figure(figsize=(max(4.0, width), max(3.0, 0.8 * n_rows + 1.8)), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label=value or "")
@@ -98,8 +107,13 @@ def ablation_figure(
     ax.set_yticks(range(n_rows), [_label(r) for r in mean.index])
     ax.set_xlabel(str(mean.columns.name or ""))
     ax.set_ylabel(str(mean.index.name or ""))
-    ax.set_title(title or (f"{value}: mean ± std" if value else "mean ± std"))
-    fig.tight_layout()
+    heading = title or (f"{value}: mean ± std" if value else "mean ± std")
+    if subtitle:
+        # over the whole figure, not the axes: long row labels leave the axes narrow
+        wrapped = textwrap.fill(subtitle, width=int(13 * fig.get_figwidth()))
+        fig.suptitle(f"{heading}\n{wrapped}", fontsize=9)
+    else:
+        ax.set_title(heading)
     return _save(fig, path)
 
 
@@ -111,9 +125,10 @@ def ablation_heatmap(
     title: str | None = None,
     value: str | None = None,
     count: pd.DataFrame | None = None,
+    subtitle: str | None = None,
 ) -> Path:
     """Save :func:`ablation_figure` as a PNG at ``path``; returns the path."""
-    ablation_figure(mean, std, path, title=title, value=value, count=count)
+    ablation_figure(mean, std, path, title=title, value=value, count=count, subtitle=subtitle)
     return Path(path)
 
 

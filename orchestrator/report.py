@@ -1,10 +1,12 @@
 """``bitsweep report NAME|PARENT_RUN_ID``: a sweep's results as text, and its plots as PNG files.
 
-Prints the trial summary, each ablation matrix of the sweep file as ``mean ± std (n=)`` text,
-the Pareto front of a multi-objective sweep and the best trial, then writes the plots (ablation
-heatmaps, Pareto front, learning curves, and where the metrics exist learned bit-widths, exit
-layers and growth events) into the output folder and prints their paths. Everything is read
-through :mod:`orchestrator.results`, so it works on a local store and an MLflow server alike.
+Prints the trial summary, each ablation matrix of the sweep file as ``mean ± std (n=)`` text (a
+cell averages over training seeds; the line under the matrix's title says over which keys, which
+searched keys split its rows and which sampled keys it marginalizes), the Pareto front of a
+multi-objective sweep and the best trial, then writes the plots (ablation heatmaps, Pareto front,
+learning curves, and where the metrics exist learned bit-widths, exit layers and growth events)
+into the output folder and prints their paths. Everything is read through
+:mod:`orchestrator.results`, so it works on a local store and an MLflow server alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, TextIO
 import pandas as pd
 
 from . import plots
-from .analysis import matrices_from_table
+from .ablation_keys import CellKeys, stored_cell_keys
+from .analysis import STATS, matrices_from_table
 from .errors import UserError
 from .results import SweepResults, load_sweep_results
 from .run_layout import BEST_PREFIX, FAILED, TAG_STATUS
@@ -129,7 +132,13 @@ class _Report:
             return
         # No sweep.yaml (an older or hand-made parent): the matrices the sweep stored, if any.
         for name, cells in r.stored_ablations().items():
-            keys = [c for c in cells.columns if c not in ("mean", "std", "count")]
+            stored = stored_cell_keys(cells)
+            if stored is not None:
+                rows, cols, _ = stored
+                self._matrix(name, cells, rows, cols, cells.attrs["ablation"].get("value", "value"))
+                continue
+            # a file from before the cells recorded their keys: the key columns are rows, cols
+            keys = [c for c in cells.columns if c not in STATS]
             if 1 <= len(keys) <= 2:
                 self._matrix(name, cells, keys[0], keys[1] if len(keys) == 2 else None, "value")
 
@@ -143,13 +152,18 @@ class _Report:
         label: str = "as stored",
     ) -> None:
         mean, std, count = matrices_from_table(cells, rows, cols, value)
+        stored = stored_cell_keys(cells)
+        keys = stored[2] if stored is not None else CellKeys(known=False)
         by = f"{rows} x {cols}" if cols else rows
-        self.say(f"\nablation {name}: {value} by {by} (mean ± std over the other keys; {label})")
+        self.say(f"\nablation {name}: {value} by {by} ({label})")
+        self.say(f"each cell: {keys.describe()}")
         self.say(format_matrix(mean, std, count))
         title = f"{name}: {value}\n{label}"
         self.plot(
             f"ablation_{_safe(name)}",
-            lambda p: plots.ablation_heatmap(mean, std, p, title=title, value=value, count=count),
+            lambda p: plots.ablation_heatmap(
+                mean, std, p, title=title, value=value, count=count, subtitle=keys.describe()
+            ),
         )
 
     def pareto(self) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from .ablation_keys import CellKeys, cell_keys
 from .analysis import (
     Objective,
-    ablation_matrix,
     ablation_table,
     matrices_from_table,
     pareto_front,
@@ -253,11 +253,6 @@ class SweepResults:
         except ValueError as err:
             raise ResultsError(f"sweep {self.name!r}: {err}") from None
 
-    def _ablation_input(self, value: str, at_step: int | None = None) -> pd.DataFrame:
-        """The trial table with ``value`` kept where the matrix may use it (see
-        :meth:`ablation_selection`): finished trials, or every trial at ``at_step``."""
-        return self.ablation_selection(value, at_step)[0]
-
     def ablation_selection(
         self, value: str, at_step: int | None = None
     ) -> tuple[pd.DataFrame, str]:
@@ -272,32 +267,65 @@ class SweepResults:
 
         return select_values(self.trials, value, at_step=at_step, history=history)
 
-    def ablation(
-        self, rows: str, cols: str | None, value: str, *, at_step: int | None = None
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The rows x cols matrices of the mean and sample std (ddof=1) of ``value`` over every
-        other key (seeds, for example). ``cols=None``: by ``rows`` alone. Finished trials' final
-        values, or every trial's at ``at_step``; failed trials keep their cell but add no value.
-        Counts: :meth:`ablation_cells`."""
+    def ablation_keys(
+        self, rows: str, cols: str | None, *, marginalize: Sequence[str] = ()
+    ) -> CellKeys:
+        """Which searched keys split the cells of a rows x cols matrix, and which a cell averages
+        over (the seeds; sampled continuous keys and ``marginalize`` as marginalized), from the
+        sweep's search space (orchestrator.ablation_keys)."""
         try:
-            return ablation_matrix(self._ablation_input(value, at_step), rows, cols, value)
+            return cell_keys(self.search_space(), self.trials, rows, cols, marginalize=marginalize)
         except ValueError as err:
             raise ResultsError(f"sweep {self.name!r}: {err}") from None
 
+    def ablation(
+        self,
+        rows: str,
+        cols: str | None,
+        value: str,
+        *,
+        at_step: int | None = None,
+        marginalize: Sequence[str] = (),
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The rows x cols matrices of the mean and sample std (ddof=1) of ``value`` over the
+        training seeds. Other discrete searched keys stay separate rows (labelled
+        ``"<row> · <key>=<value>"``), sampled continuous ones and ``marginalize`` are averaged over
+        (:meth:`ablation_keys` names them). ``cols=None``: by ``rows`` alone. Finished trials'
+        final values, or every trial's at ``at_step``; failed trials keep their cell but add no
+        value. Counts: :meth:`ablation_counts`."""
+        cells = self.ablation_cells(rows, cols, value, at_step=at_step, marginalize=marginalize)
+        return matrices_from_table(cells, rows, cols, value)[:2]
+
     def ablation_cells(
-        self, rows: str, cols: str | None, value: str, *, at_step: int | None = None
+        self,
+        rows: str,
+        cols: str | None,
+        value: str,
+        *,
+        at_step: int | None = None,
+        marginalize: Sequence[str] = (),
     ) -> pd.DataFrame:
-        """One row per ablation cell: the keys, ``mean``, ``std`` and ``count`` of ``value``."""
+        """One row per cell of :meth:`ablation`: the keys (rows, cols, then the split keys, each
+        in its own column), ``mean``, ``std`` and ``count`` of ``value``; ``attrs["ablation"]``
+        names the seeds and the marginalized keys."""
+        keys = self.ablation_keys(rows, cols, marginalize=marginalize)
+        table = self.ablation_selection(value, at_step)[0]
         try:
-            return ablation_table(self._ablation_input(value, at_step), rows, cols, value)
+            return ablation_table(table, rows, cols, value, keys=keys)
         except ValueError as err:
             raise ResultsError(f"sweep {self.name!r}: {err}") from None
 
     def ablation_counts(
-        self, rows: str, cols: str | None, value: str, *, at_step: int | None = None
+        self,
+        rows: str,
+        cols: str | None,
+        value: str,
+        *,
+        at_step: int | None = None,
+        marginalize: Sequence[str] = (),
     ) -> pd.DataFrame:
         """How many trials' values each cell of :meth:`ablation` aggregates (0 where none)."""
-        cells = self.ablation_cells(rows, cols, value, at_step=at_step)
+        cells = self.ablation_cells(rows, cols, value, at_step=at_step, marginalize=marginalize)
         return matrices_from_table(cells, rows, cols, value)[2]
 
     # ---- the parent's artifacts (orchestrator.sweep_artifacts) ---------------------------------
@@ -330,6 +358,10 @@ class SweepResults:
     def searched_keys(self) -> list[str]:
         """The keys the sweep searched (its ``search_space.json``, else its ``sweep.yaml``)."""
         return self.files.searched_keys()
+
+    def search_space(self) -> dict[str, Any] | None:
+        """The searched keys and their distributions (``{key: {dist: ...}}``), if logged."""
+        return self.files.search_space()
 
 
 def _short(value: Any) -> str:

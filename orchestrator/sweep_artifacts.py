@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from .ablation_keys import cell_keys
 from .ablation_select import select_values
 from .analysis import Objective, ablation_table, matrices_from_table, pareto_front
 from .run_layout import (
@@ -152,12 +153,17 @@ def write_sweep_artifacts(
     ablations: Iterable[Mapping[str, str] | Any],
     objectives: Sequence[Objective],
     history: Callable[[str, str], Sequence[tuple[int, float]]] | None = None,
+    search_space: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the parent run's result files under ``directory`` (see ``SweepTracker.finish``).
 
     Ablations take finished trials' values, or with ``at_step`` every trial's value at that step
-    (read through ``history(run_id, metric)``; orchestrator.ablation_select). Returns the
-    :class:`SweepSummary` fields other than the parent id and the trial table.
+    (read through ``history(run_id, metric)``; orchestrator.ablation_select). A cell averages
+    over training seeds only: ``search_space`` (the sweep's ``search`` block or its ``space``)
+    says which other keys stay separate cells and which are marginalized
+    (orchestrator.ablation_keys); without it a cell averages over every other key, and the
+    heatmap says so. Returns the :class:`SweepSummary` fields other than the parent id and the
+    trial table.
     """
     from .plots import ablation_heatmap, pareto_plot
 
@@ -172,14 +178,19 @@ def write_sweep_artifacts(
             valued, label = select_values(
                 table, value, at_step=_field(spec, "at_step"), history=history
             )
-            long = ablation_table(valued, rows, cols, value)
+            keys = cell_keys(search_space, table, rows, cols)
+            long = ablation_table(valued, rows, cols, value, keys=keys)
         except ValueError as err:
             warnings.append(f"ablation {name!r} skipped: {err}")
             continue
         mean, std, count = matrices_from_table(long, rows, cols, value)
         matrices[name] = (mean, std)
-        # one row per trial (what the matrix aggregates), then one row per cell (mean/std/count)
-        per_trial = [c for c in ("trial_id", "run_id", "status", rows, cols, value) if c in table]
+        # one row per trial (what the matrix aggregates, with every key a cell splits or averages
+        # over), then one row per cell (mean/std/count)
+        named = (rows, cols, *keys.split, *keys.seeds, *keys.marginalized, value)
+        per_trial = [
+            c for c in dict.fromkeys(("trial_id", "run_id", "status", *named)) if c in table
+        ]
         folder = directory / ABLATION_DIR
         written += _write_frame(valued[per_trial], folder / f"{name}.parquet")
         written += _write_frame(long, folder / f"{name}{CELLS_SUFFIX}")
@@ -191,6 +202,7 @@ def write_sweep_artifacts(
                 title=f"{name}: {label}",
                 value=value,
                 count=count,
+                subtitle=keys.describe(),
             )
         )
     # A failed trial's partial metrics are not a result: keep it out of the front and the best.
@@ -228,15 +240,21 @@ def log_sweep_artifacts(
     table: pd.DataFrame,
     ablations: Iterable[Mapping[str, str] | Any],
     objectives: Sequence[Objective],
+    search_space: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`write_sweep_artifacts` into a temporary folder, logged to the parent run; the
-    ablations' step values are read from the child runs' metric histories."""
+    ablations' step values are read from the child runs' metric histories. Without
+    ``search_space`` the one the tracker logged on the parent (``search_space.json``) is read."""
 
     def history(run_id: str, metric: str) -> list[tuple[int, float]]:
         return metric_history(client, run_id, metric)
 
+    if search_space is None:
+        search_space = ParentArtifacts(client, parent_run_id).search_space()
     with tempfile.TemporaryDirectory(prefix="bitsweep-sweep-") as tmp:
-        summary = write_sweep_artifacts(Path(tmp), table, ablations, objectives, history)
+        summary = write_sweep_artifacts(
+            Path(tmp), table, ablations, objectives, history, search_space
+        )
         client.log_artifacts(parent_run_id, tmp)
     return summary
 
@@ -322,15 +340,20 @@ class ParentArtifacts:
                 tables[name] = pd.read_parquet(self.download(path, tmp))
         return tables
 
-    def searched_keys(self) -> list[str]:
-        """The keys the sweep searched (its ``search_space.json``, else its ``sweep.yaml``)."""
+    def search_space(self) -> dict[str, Any] | None:
+        """The searched keys and their distributions (``{key: {dist: ...}}``) from the sweep's
+        ``search_space.json``, else its ``sweep.yaml``; None when neither was logged."""
         text = self.text(SEARCH_SPACE_JSON)
         document: Any = json.loads(text) if text else None
         if document is None:
             document = (self.spec() or {}).get("search")
         if not isinstance(document, Mapping):
-            return []
+            return None
         space = document.get("space")
         if isinstance(space, Mapping):
-            return [str(k) for k in space]
-        return [str(k) for k in document if k not in SEARCH_FIELDS]
+            return {str(k): v for k, v in space.items()}
+        return {str(k): v for k, v in document.items() if k not in SEARCH_FIELDS}
+
+    def searched_keys(self) -> list[str]:
+        """The keys the sweep searched (its ``search_space.json``, else its ``sweep.yaml``)."""
+        return list(self.search_space() or {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.ablation_keys import CellKeys
 from orchestrator.analysis import (
     ablation_counts,
     ablation_matrix,
     ablation_table,
     matrices_from_table,
     pareto_front,
+    row_label,
+    split_names,
 )
 
 
@@ -167,3 +171,71 @@ def test_ablation_by_rows_only_and_errors() -> None:
         ablation_matrix(df, "quant.schem", "train.seed", "val/acc")
     with pytest.raises(ValueError, match="must differ"):
         ablation_matrix(df, "train.seed", "train.seed", "val/acc")
+
+
+def scenario_table() -> pd.DataFrame:
+    """bitnet-lm's grid (scenario x warm-up x post-attention norm) times two seeds; the norm
+    moves val/bpb by 0.3, a seed by 0.01."""
+    rows = []
+    for i, scenario in enumerate(["BitLinear", "H-BitLinear o_proj+down_proj", "H-BitLinear all"]):
+        for warmup in (0.0, 0.4):
+            for norm in (False, True):
+                for seed in (0, 1):
+                    bpb = 2.0 + 0.1 * i + 0.05 * warmup + 0.3 * norm + 0.01 * seed
+                    rows.append({"scenario": scenario, "schedule.lambda_warmup_frac": warmup,
+                                 "model.rmsnorm_post_attn": norm, "train.seed": seed,
+                                 "val/bpb": bpb})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_cell_averages_seeds_only_other_grid_keys_split_the_rows() -> None:
+    df = scenario_table()
+    rows, cols = "scenario", "schedule.lambda_warmup_frac"
+    keys = CellKeys(split=("model.rmsnorm_post_attn",), seeds=("train.seed",))
+    long = ablation_table(df, rows, cols, "val/bpb", keys=keys)
+    # 3 x 2 x 2 cells of two seeds each; averaging every other key gave 3 x 2 cells of four
+    assert len(long) == 12 and (long["count"] == 2).all()
+    assert list(long.columns) == [rows, cols, "model.rmsnorm_post_attn", "mean", "std", "count"]
+    assert long["std"].to_numpy() == pytest.approx(np.full(12, np.std([0.0, 0.01], ddof=1)))
+    assert long.attrs["ablation"] == {"rows": rows, "cols": cols, "value": "val/bpb",
+                                      **keys.to_dict()}  # fmt: skip
+    mean, std = ablation_matrix(df, rows, cols, "val/bpb", keys=keys)
+    counts = ablation_counts(df, rows, cols, "val/bpb", keys=keys)
+    assert mean.shape == (6, 2) and (counts.to_numpy() == 2).all()
+    assert mean.index.name == "scenario · rmsnorm_post_attn"
+    assert list(mean.index[:2]) == [
+        "BitLinear · rmsnorm_post_attn=False",
+        "BitLinear · rmsnorm_post_attn=True",
+    ]
+    cell = df[(df["scenario"] == "BitLinear") & df["model.rmsnorm_post_attn"]
+              & (df["schedule.lambda_warmup_frac"] == 0.4)]["val/bpb"]  # fmt: skip
+    assert mean.loc["BitLinear · rmsnorm_post_attn=True", 0.4] == pytest.approx(cell.mean())
+    assert std.loc["BitLinear · rmsnorm_post_attn=True", 0.4] == pytest.approx(cell.std(ddof=1))
+    # without keys every other key is averaged over (and the table says the keys are unknown)
+    mixed = ablation_table(df, rows, cols, "val/bpb")
+    assert len(mixed) == 6 and (mixed["count"] == 4).all()
+    assert mixed.attrs["ablation"]["known"] is False
+
+
+def test_stored_cells_pivot_back_with_their_split_keys(tmp_path: Path) -> None:
+    keys = CellKeys(split=("model.rmsnorm_post_attn",), seeds=("train.seed",))
+    long = ablation_table(scenario_table(), "scenario", None, "val/bpb", keys=keys)
+    long.to_parquet(tmp_path / "cells.parquet", index=False)
+    stored = pd.read_parquet(tmp_path / "cells.parquet")
+    assert stored.attrs["ablation"]["split"] == ["model.rmsnorm_post_attn"]
+    mean, _, count = matrices_from_table(stored, "scenario", None, "val/bpb")
+    assert mean.shape == (6, 1) and (count.to_numpy() == 4).all()  # warm-up is averaged here
+    assert mean.index[-1] == "H-BitLinear o_proj+down_proj · rmsnorm_post_attn=True"
+
+
+def test_row_labels_name_split_keys_short_unless_ambiguous() -> None:
+    assert row_label("lsq", [], []) == "lsq"
+    assert row_label(2, ["quant.scheme"], ["lsq"]) == "2 · scheme=lsq"
+    assert split_names(["quant.bits", "model.bits", "train.lr"]) == [
+        "quant.bits",
+        "model.bits",
+        "lr",
+    ]
+    with pytest.raises(ValueError, match="split keys"):
+        ablation_table(scenario_table(), "scenario", None, "val/bpb",
+                       keys=CellKeys(split=("scenario",)))  # fmt: skip

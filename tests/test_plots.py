@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from orchestrator.ablation_keys import CellKeys
 from orchestrator.analysis import ablation_counts, ablation_matrix, pareto_front
-from orchestrator.plots import ablation_heatmap, pareto_plot
+from orchestrator.plots import ablation_figure, ablation_heatmap, pareto_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,6 +38,27 @@ def test_ablation_heatmap(tmp_path: Path) -> None:
     )
     assert path == tmp_path / "ablation" / "br.png"
     assert_png(path)
+
+
+def test_ablation_heatmap_says_what_a_cell_averages(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "scenario": ["BitLinear"] * 4 + ["H-BitLinear all"] * 4,
+            "model.rmsnorm_post_attn": [False, False, True, True] * 2,
+            "train.seed": [0, 1] * 4,
+            "val/bpb": [2.0, 2.01, 2.3, 2.31, 2.2, 2.21, 2.5, 2.51],
+        }
+    )
+    keys = CellKeys(split=("model.rmsnorm_post_attn",), seeds=("train.seed",),
+                    marginalized=("loss.bit_loss_weight",))  # fmt: skip
+    mean, std = ablation_matrix(df, "scenario", None, "val/bpb", keys=keys)
+    fig = ablation_figure(mean, std, tmp_path / "cells.png", title="layers",
+                          subtitle=keys.describe())  # fmt: skip
+    ax = fig.axes[0]
+    assert " ".join(fig.get_suptitle().split()) == "layers " + keys.describe()
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[1] == "BitLinear · rmsnorm_post_attn=True" and len(labels) == 4
+    assert_png(tmp_path / "cells.png")
 
 
 def test_pareto_plot_two_and_three_objectives(tmp_path: Path) -> None:

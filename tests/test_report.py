@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from handmade_sweeps import Handmade, completed, write_sweep
+from handmade_sweeps import SAMPLED_KEY, Handmade, completed, write_lm_sweep, write_sweep
 
 from orchestrator.report import ReportError, format_matrix, print_report
 from orchestrator.results import load_sweep_results
@@ -113,6 +113,34 @@ def test_report_in_process_sections(made: Handmade, tmp_path: Path) -> None:
     assert sorted(line.split()[0] for line in section.splitlines()[2:]) == sorted(front["trial_id"])
     best = max(completed(made), key=lambda t: t.final("val/acc"))
     assert f"best val/acc: {best.final('val/acc'):.4g} (trial {best.trial_id}" in text
+    matrix = text.split("ablation bits_by_scheme: ")[1]
+    assert matrix.splitlines()[1] == "each cell: mean ± std over train.seed (n per cell)"
+
+
+def test_report_says_what_a_cell_averages_and_names_marginalized_keys(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made = write_lm_sweep(uri)
+    stream = io.StringIO()
+    print_report("lm", tracking_uri=uri, experiment=made.experiment, out_dir=tmp_path,
+                 stream=stream)  # fmt: skip
+    text = stream.getvalue()
+    section = text.split("\nablation layer_by_warmup: ")[1].split("\n\n")[0].splitlines()
+    assert section[0] == "val/bpb by scenario x schedule.lambda_warmup_frac (finished trials only)"
+    assert section[1] == (
+        "each cell: mean ± std over train.seed (n per cell); rows split by "
+        f"model.rmsnorm_post_attn; marginalized over sampled {SAMPLED_KEY}"
+    )
+    body = section[2:]
+    assert len(body) == 2 + 6  # two header lines (cols, rows), then 3 scenarios x 2 norms
+    row = next(line for line in body if line.startswith("BitLinear · rmsnorm_post_attn=True "))
+    for warmup in (0.0, 0.4):
+        values = np.array([t.final("val/bpb") for t in made.trials.values()
+                           if (t.params["scenario"], t.params["model.rmsnorm_post_attn"],
+                               t.params["schedule.lambda_warmup_frac"]) == ("BitLinear", True,
+                                                                            warmup)])  # fmt: skip
+        assert f"{values.mean():.4g} ± {values.std(ddof=1):.4g} (n=2)" in row
+    assert "ablation layer_by_post_attn_norm: " in text
+    assert (tmp_path / "lm_ablation_layer_by_warmup.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_report_of_a_sweep_without_spec_reads_stored_matrices(tmp_path: Path) -> None:
@@ -123,7 +151,8 @@ def test_report_of_a_sweep_without_spec_reads_stored_matrices(tmp_path: Path) ->
                  stream=stream)  # fmt: skip
     text = stream.getvalue()
     # the tracker's stored cells: the failed trial keeps its cell, not its partial value
-    assert "ablation bits_by_scheme: value by quant.weight_bits x quant.scheme" in text
+    assert "ablation bits_by_scheme: val/acc by quant.weight_bits x quant.scheme" in text
+    assert "each cell: mean ± std over every other key" in text  # no search space logged
     assert _cell(made, 2, "lsq") in text and "0.99 (n=" not in text
 
 

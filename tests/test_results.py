@@ -13,13 +13,16 @@ import pyarrow as pa
 import pytest
 from handmade_sweeps import (
     OBJECTIVES,
+    SAMPLED_KEY,
     STEPS,
     Handmade,
     completed,
+    write_lm_sweep,
     write_sweep,
 )
 
 from orchestrator import plots
+from orchestrator.ablation_keys import CellKeys
 from orchestrator.results import (
     HISTORY_COLUMNS,
     ResultsError,
@@ -169,7 +172,17 @@ def test_ablation_mean_and_std_over_seeds(made: Handmade, res: SweepResults) -> 
     assert cells[cells["quant.weight_bits"] == 8]["count"].tolist() == [0]
     counts = res.ablation_counts("quant.weight_bits", "quant.scheme", "val/acc")
     assert counts.to_numpy().tolist() == [[3, 3], [3, 3], [0, 0]]
-    by_seed, by_seed_std = res.ablation("train.seed", None, "model/bits_total")
+    # by seed, the other grid keys stay cells of their own: one trial each (the failed one too)
+    by_seed, _ = res.ablation("train.seed", None, "model/bits_total")
+    assert by_seed.shape == (13, 1) and by_seed.index.name == "train.seed · weight_bits · scheme"
+    one = next(t for t in completed(made) if t.trial_id == "t09")
+    label = f"{one.params['train.seed']} · weight_bits=4 · scheme=ternary"
+    assert (one.params["quant.weight_bits"], one.params["quant.scheme"]) == (4, "ternary")
+    assert by_seed.loc[label].item() == pytest.approx(one.final("model/bits_total"))
+    # averaging over them is a request, and the keys name them as marginalized
+    grid = ["quant.weight_bits", "quant.scheme"]
+    assert res.ablation_keys("train.seed", None, marginalize=grid).marginalized == tuple(grid)
+    by_seed, by_seed_std = res.ablation("train.seed", None, "model/bits_total", marginalize=grid)
     for seed in (0, 1, 2):
         values = np.array(
             [t.final("model/bits_total") for t in completed(made) if t.params["train.seed"] == seed]
@@ -178,6 +191,35 @@ def test_ablation_mean_and_std_over_seeds(made: Handmade, res: SweepResults) -> 
         assert by_seed_std.loc[seed].item() == pytest.approx(values.std(ddof=1))
     with pytest.raises(ResultsError, match=r"quant\.weight_bit'.*did you mean"):
         res.ablation("quant.weight_bit", None, "val/acc")
+
+
+def test_a_cell_averages_training_seeds_only(tmp_path: Path) -> None:
+    made = write_lm_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    res = load_sweep_results("lm", tracking_uri=made.uri, experiment=made.experiment)
+    rows, cols = "scenario", "schedule.lambda_warmup_frac"
+    assert res.ablation_keys(rows, cols) == CellKeys(
+        split=("model.rmsnorm_post_attn",), seeds=("train.seed",), marginalized=(SAMPLED_KEY,)
+    )
+    mean, std = res.ablation(rows, cols, "val/bpb")
+    counts = res.ablation_counts(rows, cols, "val/bpb")
+    # 3 scenarios x 2 norms rows, 2 warm-ups: two seeds a cell (mixing the norms gave 3 x 2 of 4)
+    assert mean.shape == (6, 2) and (counts.to_numpy() == 2).all()
+    label = "H-BitLinear all · rmsnorm_post_attn=True"
+    values = [t.final("val/bpb") for t in made.trials.values()
+              if (t.params["scenario"], t.params["model.rmsnorm_post_attn"],
+                  t.params[cols]) == ("H-BitLinear all", True, 0.4)]  # fmt: skip
+    assert len(values) == 2
+    assert mean.loc[label, 0.4] == pytest.approx(np.mean(values))
+    assert std.loc[label, 0.4] == pytest.approx(np.std(values, ddof=1))
+    cells = res.ablation_cells(rows, cols, "val/bpb")
+    assert {rows, cols, "model.rmsnorm_post_attn"} <= set(cells.columns) and len(cells) == 12
+    assert cells.attrs["ablation"]["marginalized"] == [SAMPLED_KEY]
+    # what the tracker stored at the sweep's end: the same cells (it read the logged space)
+    stored = res.stored_ablations()
+    assert set(stored) == {"layer_by_warmup", "layer_by_post_attn_norm"}
+    pd.testing.assert_frame_equal(stored["layer_by_warmup"], cells, check_dtype=False)
+    assert stored["layer_by_warmup"].attrs["ablation"] == cells.attrs["ablation"]
+    assert len(stored["layer_by_post_attn_norm"]) == 12
 
 
 def test_parent_artifacts_spec_and_searched_keys(res: SweepResults) -> None:
