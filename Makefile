@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
-.PHONY: setup setup-dev demo test lint bench clean
+.PHONY: setup setup-dev demo test lint bench results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,17 @@ BENCHES := bench_quant_layers bench_orchestration bench_search bench_packing ben
 bench: setup-dev
 	for b in $(BENCHES); do $(BIN)/python -m benchmarks.$$b || exit 1; done
 	$(BIN)/python -m benchmarks.report
+
+# RESULTS.md and results/figures/ regenerated from the MLflow store the studies write (results/store,
+# ignored by git); RESULTS_SCALE=results/scale-ci.yaml is the tiny run the tests make.
+RESULTS_SCALE ?= results/scale.yaml
+RESULTS_OUT ?= RESULTS.md
+RESULTS_FIGURES ?= results/figures
+RESULTS_STORE ?= results/store
+RESULTS_ARGS ?=
+results: setup-dev
+	$(BIN)/python -m orchestrator.publish --scale $(RESULTS_SCALE) --out $(RESULTS_OUT) \
+		--figures $(RESULTS_FIGURES) --store $(RESULTS_STORE) $(RESULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
