@@ -64,6 +64,15 @@ def final_values(stream: Stream, metric: str, full_steps: int) -> list[float]:
     return [v for step, v in last.values() if step >= full_steps and not math.isnan(v)]
 
 
+def final_by_run(stream: Stream, metric: str, full_steps: int) -> dict[str, float]:
+    """The last ``metric`` of every trial that ran all ``full_steps``, by run id."""
+    last: dict[str, tuple[int, float]] = {}
+    for _, run_id, step, values in stream:
+        if metric in values and step >= last.get(run_id, (-1, 0.0))[0]:
+            last[run_id] = (step, values[metric])
+    return {r: v for r, (step, v) in last.items() if step >= full_steps and not math.isnan(v)}
+
+
 def rare_target(draws: list[float], mode: str, rate: float = 0.05) -> tuple[float, float]:
     """A target that at most ``rate`` of ``draws`` reach, and the share that do reach it."""
     ordered = sorted(draws, reverse=(mode == "max"))  # best first
