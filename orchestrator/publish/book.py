@@ -79,6 +79,13 @@ def write_book(src: Sources, out: Path, *, command: str) -> list[Section]:
             + (f" ({src.scale.description})" if src.scale.description else "")
             + ". Cells are means ± sample std over training seeds (n per cell); a verdict calls "
             "a difference real only beyond twice its standard error.",
+            "",
+            "What this scale limits: the models are thousands to a few hundred thousand "
+            "parameters trained for hundreds of steps on two CPU cores, on the data that ships "
+            "with the machine (8x8 digits, the pydocs text). A seed's claim made at the scale of "
+            "its paper (BitNet's ternary catching up with width, BitSkip's exit quality, "
+            "BitTransformerLM's growth savings) is tested here in direction only; where a "
+            "verdict says *within noise* or *worse*, the claim did not reproduce at this scale.",
         ]
         for section in sections:
             lines += ["", f"## {section.title}", "", where, *section.lines]
