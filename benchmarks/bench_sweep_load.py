@@ -4,7 +4,11 @@ Runs ``bitsweep run demo`` with ``--trials`` tiny trials (two concurrent, TPE on
 storage) in a fresh folder, samples the driver's resident memory every second, then counts with
 MLflow's client: finished child runs, runs left RUNNING, and metric steps (each trial must have
 every evaluation step once). It also scans the output for sqlite lock errors. The baseline for
-memory is the driver's RSS after its first 10% of trials.
+memory is the driver's RSS after its first 10% of trials. Each sample also records how many
+trials had ended (from the sweep's progress line), so the driver's growth is a slope in MiB per
+100 trials: a least-squares fit of RSS on trials ended over the second half of the samples taken
+while trials ran (the first half holds the start-up, imports and caches that fill once; after
+the last trial the driver builds the summary).
 
 Run: ``python -m benchmarks.bench_sweep_load [--trials 200]``; writes
 ``benchmarks/results/bench_sweep_load.json``.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +30,36 @@ from benchmarks.common import write_result
 TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "train.batch_size=8",
         "data.eval_batches=1", "train.steps=20", "train.eval_every=10",
         "search.scheduler.type=none", "resources.max_concurrent_trials=2"]  # fmt: skip
+# the sweep's progress line (orchestrator.progress), printed at least once per ended trial
+PROGRESS = re.compile(r"finished (\d+) \| stopped early (\d+) \| failed (\d+)")
+
+
+def trials_ended(log: Path) -> int | None:
+    """Trials ended so far by the last progress line in ``log`` (None before the first one)."""
+    with open(log, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 16384))  # the tail: the log grows to megabytes
+        found = PROGRESS.findall(f.read().decode(errors="replace"))
+    return sum(int(n) for n in found[-1]) if found else None
+
+
+def slope_per_100(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of RSS (MiB) on trials ended, in MiB per 100 trials."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return 100 * sxy / sxx
+
+
+def rss_by_tenth(points: list[tuple[int, float]], trials: int) -> list[float | None]:
+    """Mean RSS (MiB) of the samples taken in each tenth of the trials (by trials ended)."""
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    for ended, rss in points:
+        tenths[min(9, ended * 10 // max(1, trials))].append(rss)
+    return [round(sum(t) / len(t), 1) if t else None for t in tenths]
 
 
 def main() -> None:
@@ -48,11 +83,14 @@ def main() -> None:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
         driver = psutil.Process(proc.pid)
         samples: list[tuple[float, float]] = []
+        ended: list[int] = []  # trials ended at each sample
         while proc.poll() is None:
             try:
                 samples.append((time.perf_counter() - started, driver.memory_info().rss / 2**20))
             except psutil.Error:
                 break
+            count = trials_ended(log)
+            ended.append(count if count is not None else (ended[-1] if ended else 0))
             time.sleep(1.0)
     wall = time.perf_counter() - started
     output = log.read_text()
@@ -70,6 +108,12 @@ def main() -> None:
     base = max(rss for _, rss in samples[:tenth]) if samples else float("nan")
     peak = max(rss for _, rss in samples) if samples else float("nan")
     late = [rss for _, rss in samples[-tenth:]]
+    points = [(n, rss) for n, (_, rss) in zip(ended, samples, strict=True)]
+    # while trials run: after the last one the driver builds the summary (a bump of its own)
+    during = [(n, rss) for n, rss in points if n < args.trials]
+    slope = slope_per_100(during[len(during) // 2 :])
+    profile = rss_by_tenth(during, args.trials)
+    slope_text = "n/a" if slope is None else f"{slope:+.1f}"
     payload = {
         "trials": args.trials, "exit_code": proc.returncode, "wall_s": round(wall, 1),
         "finished_runs": len(finished), "child_runs": len(children),
@@ -78,6 +122,8 @@ def main() -> None:
         "driver_rss_mb_first_tenth_max": round(base, 1),
         "driver_rss_mb_last_tenth_mean": round(sum(late) / len(late), 1) if late else None,
         "driver_rss_mb_peak": round(peak, 1),
+        "driver_rss_mb_slope_per_100_trials": None if slope is None else round(slope, 2),
+        "driver_rss_mb_by_tenth_of_trials": profile,
         "sweep_command": " ".join(["bitsweep", *command[3:]]),
     }  # fmt: skip
     payload["markdown"] = "\n".join([
@@ -87,7 +133,10 @@ def main() -> None:
         f"runs, {len(running)} left RUNNING, {bad_steps} with a missing or duplicate step, "
         f"{payload['lock_errors']} sqlite lock errors. Driver RSS: {base:.0f} MiB over the "
         f"first tenth, {payload['driver_rss_mb_last_tenth_mean']} MiB over the last, peak "
-        f"{peak:.0f} MiB.", "",
+        f"{peak:.0f} MiB; over the second half of the samples it grows by {slope_text} MiB per "
+        f"100 trials (least-squares slope of RSS on trials ended, while trials ran).", "",
+        "Driver RSS (MiB, mean) by tenth of the trials: "
+        + ", ".join("-" if v is None else f"{v:.0f}" for v in profile) + ".", "",
     ])  # fmt: skip
     path = write_result("bench_sweep_load", payload)
     print(payload["markdown"])

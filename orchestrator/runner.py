@@ -8,8 +8,11 @@ in an sqlite file beside the results, and Tune's experiment state in ``storage.p
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -207,7 +210,7 @@ def _trial_name(trial: Any) -> str:
 
 def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[Any]:
     from orchestrator.progress import ProgressView
-    from orchestrator.tune_callbacks import MLflowTuneCallback
+    from orchestrator.tune_callbacks import EndedTrialTrimmer, MLflowTuneCallback
 
     first = spec.search.objective_list[0]
     from orchestrator.digests import DigestRecorder
@@ -224,7 +227,39 @@ def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[An
         callbacks.append(
             ProgressView(first.metric, first.mode, spec.run.train.steps, stream=stream)
         )
+    # last: the callbacks above read an ended trial's whole last result in the same hook
+    callbacks.append(EndedTrialTrimmer(o.metric for o in spec.search.objective_list))
     return callbacks
+
+
+@contextmanager
+def _no_tune_trial_logs() -> Iterator[None]:
+    """Leave out Tune's per-trial CSV, JSON and TensorBoard logs (MLflow is the sweep's log).
+
+    Besides files in each trial folder, they cost the driver memory that grows with the trials
+    (the JSON logger keeps every trial's config for the whole sweep, TensorBoard a writer thread
+    per running trial), and at its end ``tuner.fit()`` reads every trial's file back into a
+    DataFrame that nothing here reads. ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` in the
+    environment brings them back. Set for the sweep only: a library caller's own Tune runs in
+    the same process keep Tune's default.
+    """
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    os.environ.setdefault(key, "1")
+    if os.environ[key] == "1":
+        # without the files, that end of fit() warns, with --verbose, once per trial
+        logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        logger.addFilter(_no_missing_metrics_warning)  # added once: the same function
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+
+
+def _no_missing_metrics_warning(record: logging.LogRecord) -> bool:
+    """False for ExperimentAnalysis's warning that trials have no result files."""
+    return not record.getMessage().startswith("Failed to fetch metrics for")
 
 
 def sync_hint(spec: SweepSpec) -> str:
@@ -327,7 +362,7 @@ def run_sweep(
             )
         if not resume:
             digests.record(path, [TUNER_FILE])  # what resume may unpickle, signed
-        with exits.tune_fit():
+        with exits.tune_fit(), _no_tune_trial_logs():  # fit() builds Tune's callbacks
             results = tuner.fit()
         if _interrupted(results, spec):
             raise SweepInterruptedError(spec.name, spec.storage.path)

@@ -3,7 +3,7 @@
 Everything is written from the Tune driver process (DESIGN.md): :class:`MLflowTuneCallback`
 turns Tune's driver-side hooks into the tracker's ``trial_*`` calls, never touching MLflow from a
 worker. :func:`build_trial_table` makes the trial table from Tune's own results when there is
-no tracker.
+no tracker. :class:`EndedTrialTrimmer` keeps the driver's memory flat over long sweeps.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRIAL_ID
 
 from trainables.trial_settings import RUN_CONFIG_KEY
 
@@ -197,3 +198,94 @@ class MLflowTuneCallback(Callback):
         """End the child run as failed with the error's reason (the traceback as error.txt)."""
         reason, full = trial_error_reason(trial)
         self._guard("trial error", lambda: self.tracker.trial_failed(trial.trial_id, reason, full))
+
+
+# What is read again of an ended trial's results: Tune's counters (a resumed errored trial
+# continues from them, Trainable.restore), its id (exploited_from tells a trial's own checkpoint
+# from a donor's by it) and bitsweep's "step" (the progress view; the checkpoint pruner).
+KEPT_RESULT_KEYS = frozenset({*AUTO_RESULT_KEYS, TRIAL_ID, DONE, "step"}) - {"config"}
+
+
+def _kept(result: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """``result`` with only ``names`` (and the nested dicts that hold one, as ``a`` of ``a/b``)."""
+    return {
+        key: value
+        for key, value in result.items()
+        if key in names or any(name.startswith(f"{key}/") for name in names)
+    }
+
+
+def trim_ended_trial(trial: Trial, metrics: Iterable[str]) -> None:
+    """Drop what Tune keeps of an ended trial that nothing reads again (issue 17).
+
+    Tune holds every trial for the whole sweep with its last result (the trial's config again
+    and every metric), min/max/avg and last-5/10 windows per numeric metric, the full results of
+    its kept checkpoints, and the JSON of all that cached for the experiment state. MLflow holds
+    the metrics; here the last result, the statistics and the checkpoints' results keep only
+    ``metrics`` (the objectives: ``get_best_trial`` ranks on the statistics, the checkpoint
+    manager on its score) and :data:`KEPT_RESULT_KEYS`, what a resume reads. Tune re-serializes
+    the trial at its next experiment snapshot, so resume restores the trimmed trial.
+    """
+    objectives = frozenset(metrics)
+    names = KEPT_RESULT_KEYS | objectives
+    meta = trial.run_metadata
+    meta.last_result = _kept(meta.last_result, names)  # assignment invalidates the JSON cache
+    # both tables or neither: Tune's update_metric (a resumed trial) reads the deques of any
+    # metric its statistics hold
+    for table in (meta.metric_analysis, meta.metric_n_steps):
+        for name in [m for m in table if m not in objectives]:
+            del table[name]
+    manager = meta.checkpoint_manager
+    if manager is not None:
+        score = manager.checkpoint_config.checkpoint_score_attribute
+        scored = (names | {score}) if score else names
+        results = [*getattr(manager, "_checkpoint_results", [])]
+        results.append(getattr(manager, "_latest_checkpoint_result", None))
+        for result in results:
+            if result is not None and isinstance(result.metrics, Mapping):
+                result.metrics = _kept(result.metrics, scored)
+    meta.invalidate_cache()
+    # the trial actor's auto-filled metrics, fetched only for a trial that never reported: an
+    # ObjectRef held for the whole sweep pins the value in the driver's core worker
+    trial._default_result_or_future = None
+
+
+def forget_encoder_fallbacks() -> int:
+    """Drop the keys Tune's state encoder leaves in Ray's ``log_once`` set; returns how many.
+
+    Each experiment snapshot encodes the running trials' metric deques (and other objects JSON
+    cannot hold) through a fallback that calls ``log_once(f"tune_func_encode:{obj}")``: a new
+    string, kept for good, per deque whose values changed. The key only gates a debug message.
+    """
+    from ray.util import debug
+
+    logged = getattr(debug, "_logged", None)
+    if not isinstance(logged, set):
+        return 0
+    stale = [key for key in logged if key.startswith("tune_func_encode:")]
+    logged.difference_update(stale)
+    return len(stale)
+
+
+class EndedTrialTrimmer(Callback):
+    """Trims each trial when it ends (:func:`trim_ended_trial`), so the driver stays flat.
+
+    The last of the sweep's callbacks: the others read the whole last result in the same hook.
+    """
+
+    def __init__(self, metrics: Iterable[str]) -> None:
+        self.metrics = tuple(metrics)
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """Trim a finished (or stopped) trial."""
+        trim_ended_trial(trial, self.metrics)
+        forget_encoder_fallbacks()
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """Trim a failed trial (resume restarts it from its checkpoint: that is kept)."""
+        trim_ended_trial(trial, self.metrics)
+        forget_encoder_fallbacks()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,16 @@ def test_only_one_process_trials_reuse_actors() -> None:
 
 
 @pytest.mark.slow
-def test_reused_trial_process_trains_like_a_fresh_one(ray_session: Any, tmp_path: Path) -> None:
+def test_reused_trial_process_trains_like_a_fresh_one(
+    ray_session: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three identical trials in one reused actor give the plain loop's metrics exactly."""
     import torch
 
     from trainables.loop import train
+
+    # Tune's result.json files (off in a sweep unless asked for) carry each result's pid
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
     spec = load_sweep(
         "demo",
@@ -97,3 +103,27 @@ def test_a_multi_worker_trial_prunes_its_train_checkpoints(
     assert len(train_runs) == 1, train_runs
     kept = sorted(p.name for p in train_runs[0].glob("checkpoint_*"))
     assert 1 <= len(kept) <= 2, kept
+
+
+def test_the_sweep_trims_ended_trials_last(tmp_path: Path) -> None:
+    """The trimmer keeps the objectives and comes after every callback that reads a whole
+    last result (the MLflow callback, the pruner, the progress view) in the same hook."""
+    import io
+
+    from orchestrator.tune_callbacks import EndedTrialTrimmer
+
+    spec = load_sweep("demo", [*FIXED, f"storage.path={tmp_path}"])
+    callbacks = runner._callbacks(spec, tracker=None, stream=io.StringIO())
+    assert isinstance(callbacks[-1], EndedTrialTrimmer)
+    assert callbacks[-1].metrics == tuple(o.metric for o in spec.search.objective_list)
+
+
+def test_tune_log_files_are_off_for_the_fit_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    monkeypatch.delenv(key, raising=False)
+    with runner._no_tune_trial_logs():
+        assert os.environ[key] == "1"
+    assert key not in os.environ  # a caller's own Tune runs afterwards keep Tune's default
+    monkeypatch.setenv(key, "0")  # asked for: kept
+    with runner._no_tune_trial_logs():
+        assert os.environ[key] == "0"
