@@ -50,16 +50,17 @@ TARGET_RATIO = 3.0
 DRAW_RATE = 0.05
 REPLICATE_CONFIGS = 4  # the best random draws retrained with other training seeds
 REPLICATE_SEEDS = [101, 102, 103]
+BR_SPACE = {  # the BR lambdas, warm-up and learning rate of 2-bit LSQ on digits
+    "loss.lambda_br": {"dist": "uniform", "low": 0.0, "high": 5.0},
+    "loss.lambda_br_act": {"dist": "uniform", "low": 0.0, "high": 5.0},
+    "loss.br_warmup_frac": {"dist": "uniform", "low": 0.05, "high": 0.6},
+    "train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3},
+}
 TASKS: dict[str, dict[str, Any]] = {
     "br_digits": {
         "preset": "br-ablation",
         "metric": "val/acc", "mode": "max", "steps": 120, "every": 20,
-        "space": {
-            "loss.lambda_br": {"dist": "uniform", "low": 0.0, "high": 5.0},
-            "loss.lambda_br_act": {"dist": "uniform", "low": 0.0, "high": 5.0},
-            "loss.br_warmup_frac": {"dist": "uniform", "low": 0.05, "high": 0.6},
-            "train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3},
-        },
+        "space": BR_SPACE,
         "run": {},
     },
     # the same search judged on the validation loss: continuous, where accuracy on 360 images
@@ -67,12 +68,7 @@ TASKS: dict[str, dict[str, Any]] = {
     "br_digits_loss": {
         "preset": "br-ablation",
         "metric": "val/loss", "mode": "min", "steps": 120, "every": 20,
-        "space": {
-            "loss.lambda_br": {"dist": "uniform", "low": 0.0, "high": 5.0},
-            "loss.lambda_br_act": {"dist": "uniform", "low": 0.0, "high": 5.0},
-            "loss.br_warmup_frac": {"dist": "uniform", "low": 0.05, "high": 0.6},
-            "train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3},
-        },
+        "space": BR_SPACE,
         "run": {},
     },
     "ternary_lm": {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from orchestrator.plot_common import _colors, _save, _use_backend
@@ -99,14 +100,7 @@ def points(
             capsize=3,
             label=label,
         )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    return path
+    return _finish(fig, ax, path, xlabel, ylabel, title, legend_size=7)
 
 
 def lines(
@@ -127,14 +121,7 @@ def lines(
             capsize=3,
             label=label,
         )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    return path
+    return _finish(fig, ax, path, xlabel, ylabel, title, legend_size=8)
 
 
 def metric_panels(history: pd.DataFrame, metrics: Sequence[str], path: Path, *, title: str) -> Path:
@@ -159,6 +146,20 @@ def metric_panels(history: pd.DataFrame, metrics: Sequence[str], path: Path, *, 
         ax.set_title(metric, fontsize=10)
         ax.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _finish(
+    fig: Figure, ax: Axes, path: Path, xlabel: str, ylabel: str, title: str, *, legend_size: int
+) -> Path:
+    """Label, grid and legend one-panel figure ``fig``, then write it to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     _save(fig, path)
     return path
