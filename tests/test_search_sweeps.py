@@ -209,7 +209,12 @@ def test_pbt_exploited_trial_continues_from_the_donor_with_new_values(
 
 
 def _interrupt_then_resume(tmp_path: Path, sweep_file: Path, name: str, expected: int) -> None:
-    """``bitsweep run`` in its own process, SIGINT once a trial finished, then ``resume``."""
+    """``bitsweep run`` in its own process, SIGINT mid-trial, then ``resume``.
+
+    The interrupt comes once the first trial has logged an evaluation (so it has a checkpoint)
+    and before it can finish: waiting for a finished trial instead raced the scheduler, which
+    can end every other trial within a second of the first one finishing.
+    """
     import os
     import signal
     import subprocess
@@ -236,7 +241,7 @@ def _interrupt_then_resume(tmp_path: Path, sweep_file: Path, name: str, expected
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(r.data.tags.get("bitsweep.status") == "finished" for r in trial_runs()):
+            if any(r.data.metrics.get("val/loss") is not None for r in trial_runs()):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
@@ -277,8 +282,7 @@ def _sweep_file(tmp_path: Path, name: str, search: dict[str, Any], **sections: A
 
 def test_interrupted_multi_objective_sweep_resumes(tmp_path: Path) -> None:
     search = {
-        # four: ASHA may stop the others within a second of the first one finishing, and the
-        # interrupt must still find the sweep running
+        # four trials of 60 steps: the interrupt lands in the first one, which ASHA cannot stop
         "algorithm": "optuna", "num_samples": 4,
         "objectives": [{"metric": "val/acc", "mode": "max"},
                        {"metric": "model/bits_total", "mode": "min"}],
@@ -287,7 +291,7 @@ def test_interrupted_multi_objective_sweep_resumes(tmp_path: Path) -> None:
     }  # fmt: skip
     path = _sweep_file(
         tmp_path, "mo-resume", search, quant={"scheme": "lsq", "first_last": "same"},
-        train={**BASE["train"], "steps": 30},
+        train={**BASE["train"], "steps": 60},
     )  # fmt: skip
     _interrupt_then_resume(tmp_path, path, "mo-resume", expected=4)
 
@@ -298,5 +302,5 @@ def test_interrupted_pbt_sweep_resumes(tmp_path: Path) -> None:
         "space": {"train.lr": {"dist": "grid", "values": [0.0001, 0.01, 0.03]}},
         "scheduler": {"type": "pbt", "perturbation_interval": 2, "mutations": ["train.lr"]},
     }  # fmt: skip
-    path = _sweep_file(tmp_path, "pbt-resume", search, train={**BASE["train"], "steps": 30})
+    path = _sweep_file(tmp_path, "pbt-resume", search, train={**BASE["train"], "steps": 60})
     _interrupt_then_resume(tmp_path, path, "pbt-resume", expected=3)
