@@ -8,7 +8,10 @@
   halving or Hyperband) says so, from the values the trial reported to that same study, so the
   sampler and the pruner share one view of the trials.
 
-Both decide on ``training_iteration`` (one per evaluation) like the ASHA the runner builds.
+- :class:`FinalStepAwarePBT`: Tune's population-based training, except that a trial at its last
+  step is no donor (nothing is left to train after its checkpoint).
+
+All decide on ``training_iteration`` (one per evaluation) like the ASHA the runner builds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 from orchestrator.pareto_rank import pareto_rank_order
@@ -132,3 +136,30 @@ class OptunaPrunerScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         """One line for Tune's status output."""
         return f"OptunaPrunerScheduler: {self.num_stopped} stopped"
+
+
+class FinalStepAwarePBT(PopulationBasedTraining):
+    """Population-based training whose donors still have steps to train.
+
+    Tune's PBT may clone a trial whose last result is its final step (it is not finished until
+    its function returns): the target then restarts from a finished model, has nothing left to
+    train and reports nothing more, so its run's last result is its own older lineage, not the
+    model it ended with. Here such a trial can be exploited but is not a donor.
+
+    Args:
+        total_steps: the trials' ``train.steps``, against the ``step`` their results report.
+        **kwargs: :class:`~ray.tune.schedulers.PopulationBasedTraining`'s arguments.
+    """
+
+    def __init__(self, *, total_steps: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.total_steps = total_steps
+
+    def _at_final_step(self, trial: Any) -> bool:
+        result = self._trial_state[trial].last_result or {}
+        return float(result.get("step", 0.0)) >= self.total_steps
+
+    def _quantiles(self) -> tuple[list[Any], list[Any]]:
+        lower, upper = super()._quantiles()
+        donors = [trial for trial in upper if not self._at_final_step(trial)]
+        return (lower, donors) if donors else ([], [])  # no donor left: nobody is exploited

@@ -127,9 +127,10 @@ def scheduler(spec: SweepSpec, searcher: Any, mutations: dict[str, Any] | None =
 
         return OptunaPrunerScheduler(searcher, first.metric)
     if sched.type == "pbt":
-        from ray.tune.schedulers import PopulationBasedTraining
+        from orchestrator.schedulers import FinalStepAwarePBT
 
-        return PopulationBasedTraining(
+        return FinalStepAwarePBT(
+            total_steps=spec.run.train.steps,
             time_attr="training_iteration",
             metric=first.metric,
             mode=first.mode,

@@ -1,6 +1,9 @@
-"""The Pareto-rank ASHA's promotion decisions (real scheduler objects, no cluster needed)."""
+"""The Pareto-rank ASHA's promotion decisions and PBT's donors (real scheduler objects, no
+cluster needed)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
@@ -50,3 +53,45 @@ def test_trial_passing_several_rungs_at_once_is_judged_at_each() -> None:
     assert sched.decide("b", 1, {"loss": 0.8}) == CONTINUE
     # b reports its second rung with a worse value than a had there
     assert sched.decide("b", 2, {"loss": 0.95}) == STOP
+
+
+class _FakeTrial:
+    """What PBT's quantiles read of a trial."""
+
+    def __init__(self, name: str) -> None:
+        self.experiment_tag = name
+
+    def is_finished(self) -> bool:
+        return False
+
+
+def _pbt_with(steps: dict[str, float], scores: dict[str, float]) -> tuple[Any, dict[str, Any]]:
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from orchestrator.schedulers import FinalStepAwarePBT
+
+    pbt = FinalStepAwarePBT(
+        total_steps=120, metric="val/loss", mode="min", perturbation_interval=2,
+        quantile_fraction=0.25, hyperparam_mutations={"lr": [0.1, 0.2]},
+    )  # fmt: skip
+    trials = {name: _FakeTrial(name) for name in steps}
+    for name, trial in trials.items():
+        state = _PBTTrialState(trial)
+        state.last_score = -scores[name]  # PBT stores max-is-better scores
+        state.last_result = {"step": steps[name], "val/loss": scores[name]}
+        pbt._trial_state[trial] = state
+    return pbt, trials
+
+
+def test_pbt_donors_still_have_steps_to_train() -> None:
+    # the best trial is at its last step: cloning it would leave the target nothing to train
+    pbt, trials = _pbt_with(
+        {"best": 120, "good": 60, "fair": 60, "worst": 60},
+        {"best": 0.1, "good": 0.2, "fair": 0.3, "worst": 0.9},
+    )
+    assert pbt._quantiles() == ([], [])  # no donor: nobody is exploited
+    pbt, trials = _pbt_with(
+        {"best": 60, "good": 60, "fair": 60, "worst": 120},
+        {"best": 0.1, "good": 0.2, "fair": 0.3, "worst": 0.9},
+    )
+    assert pbt._quantiles() == ([trials["worst"]], [trials["best"]])  # a finished target is fine
