@@ -70,7 +70,9 @@ def _instrument_worker_module() -> None:
     worker._bench_probed = True
 
 
-def probed_single_process_trial(config: dict[str, Any]) -> None:
+def probed_single_process_trial(
+    config: dict[str, Any], base_run_config: dict[str, Any] | None = None
+) -> None:
     """:func:`orchestrator.trials.single_process_trial`, with entry/import/train/exit marks."""
     import ray.tune
 
@@ -84,7 +86,7 @@ def probed_single_process_trial(config: dict[str, Any]) -> None:
     _instrument_worker_module()
     from orchestrator.trials import single_process_trial
 
-    single_process_trial(config)
+    single_process_trial(config, base_run_config)
     mark("exit")
 
 
@@ -107,7 +109,9 @@ def probed_train_fn_per_worker(config: dict[str, Any]) -> None:
     mark("worker_exit")
 
 
-def probed_distributed_trial(config: dict[str, Any]) -> None:
+def probed_distributed_trial(
+    config: dict[str, Any], base_run_config: dict[str, Any] | None = None
+) -> None:
     """:func:`orchestrator.trials.distributed_trial`, launching probed Train workers."""
     import ray.tune
 
@@ -129,7 +133,7 @@ def probed_distributed_trial(config: dict[str, Any]) -> None:
     from orchestrator.trials import distributed_trial
 
     try:
-        distributed_trial(config)
+        distributed_trial(config, base_run_config)
     finally:
         os.environ.clear()
         os.environ.update(saved)

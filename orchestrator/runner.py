@@ -8,6 +8,7 @@ in an sqlite file beside the results, and Tune's experiment state in ``storage.p
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -115,12 +116,17 @@ def _trainable(spec: SweepSpec) -> Any:
     from ray import tune
 
     res = spec.resources
+    # the base run config goes into Ray's object store once; each trial's config holds only
+    # what was sampled for it (orchestrator.tune_space)
+    base = spec.run.to_flat()
     if _single_process(spec):
         resources = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
-        return tune.with_resources(single_process_trial, resources)
+        trial = tune.with_parameters(single_process_trial, base_run_config=base)
+        return tune.with_resources(trial, resources)
     # The trial only launches a TorchTrainer: it must not take a core from its own workers.
     driver = {"cpu": 0, TRIAL_SLOT: 1} if ray.cluster_resources().get(TRIAL_SLOT) else {"cpu": 0.01}
-    return tune.with_resources(distributed_trial, driver)
+    trial = tune.with_parameters(distributed_trial, base_run_config=base)
+    return tune.with_resources(trial, driver)
 
 
 def _search_algorithm(spec: SweepSpec, layers: Any = None) -> Any:
@@ -162,7 +168,7 @@ def _layers(spec: SweepSpec) -> Any:
 def _param_space(spec: SweepSpec, layers: Any = None) -> dict[str, Any]:
     res = spec.resources
     names = layers.names if layers is not None else ()
-    space = param_space(spec.run.to_flat(), spec.search.space, names)
+    space = param_space(spec.search.space, names)
     space[TRIAL_SETTINGS_KEY] = TrialSettings(
         workers_per_trial=res.workers_per_trial,
         strategy=res.strategy,
@@ -210,12 +216,16 @@ def _trial_name(trial: Any) -> str:
 
 def _callbacks(spec: SweepSpec, tracker: Any, stream: IO[str] | None) -> list[Any]:
     from orchestrator.progress import ProgressView
-    from orchestrator.tune_callbacks import EndedTrialTrimmer, MLflowTuneCallback
+    from orchestrator.tune_callbacks import EndedTrialTrimmer, MLflowTuneCallback, trial_params
 
     first = spec.search.objective_list[0]
     from orchestrator.digests import DigestRecorder
 
-    callbacks: list[Any] = [MLflowTuneCallback(tracker), DigestRecorder(experiment_dir(spec))]
+    params = functools.partial(trial_params, base=spec.run.to_flat())
+    callbacks: list[Any] = [
+        MLflowTuneCallback(tracker, params_fn=params),
+        DigestRecorder(experiment_dir(spec)),
+    ]
     from orchestrator.checkpoint_pruning import stopped_trial_pruner
 
     # after the MLflow callback: a stopped trial's model is uploaded before its checkpoints go

@@ -15,36 +15,55 @@ from orchestrator.tune_space import SCENARIO_KEY, SCENARIOS_KEY
 from trainables.trial_settings import RUN_CONFIG_KEY, TrialSettings, trial_settings, worker_config
 
 
-def trial_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat run config of one trial: sampled values plus its scenario's overrides."""
-    flat = dict(config[RUN_CONFIG_KEY])
+def trial_run_config(
+    config: Mapping[str, Any], base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The flat run config of one trial: the sweep's ``base`` run config, the trial's sampled
+    values over it, then its scenario's overrides.
+
+    A trial of a sweep started before the base travelled apart holds the whole run config in
+    its own config: over the base it gives the same result.
+    """
+    flat = {**(base or {}), **config[RUN_CONFIG_KEY]}
     label = config.get(SCENARIO_KEY)
     if label is not None:
         flat.update(config.get(SCENARIOS_KEY, {}).get(label, {}))
     return flat
 
 
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+def trial_params(
+    config: Mapping[str, Any], base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """What MLflow logs as the trial's params: the flat run config and the scenario label."""
-    params = trial_run_config(config)
+    params = trial_run_config(config, base)
     if config.get(SCENARIO_KEY) is not None:
         params[SCENARIO_KEY] = config[SCENARIO_KEY]
     return params
 
 
-def single_process_trial(config: dict[str, Any]) -> None:
-    """A one-worker trial: the training loop runs in this Tune trial process."""
+def single_process_trial(
+    config: dict[str, Any], base_run_config: Mapping[str, Any] | None = None
+) -> None:
+    """A one-worker trial: the training loop runs in this Tune trial process.
+
+    ``base_run_config`` is the sweep's flat run config (``tune.with_parameters`` hands it over
+    from Ray's object store); ``config`` holds the trial's sampled values.
+    """
     from dataclasses import replace
 
     from trainables.worker import tune_function_trainable
 
     # whatever the sweep's resources say, this process is the only rank
     settings = replace(trial_settings(config), strategy="none", workers_per_trial=1)
-    tune_function_trainable(worker_config(trial_run_config(config), settings))
+    tune_function_trainable(worker_config(trial_run_config(config, base_run_config), settings))
 
 
-def distributed_trial(config: dict[str, Any]) -> None:
+def distributed_trial(
+    config: dict[str, Any], base_run_config: Mapping[str, Any] | None = None
+) -> None:
     """A multi-worker trial: this process launches a TorchTrainer and forwards its reports.
+
+    ``config`` and ``base_run_config`` as for :func:`single_process_trial`.
 
     Train V2 pattern: ``TuneReportCallback`` relays rank 0's metrics (and checkpoint path) to Tune;
     the run is named after the trial, so refitting after a restore resumes it.
@@ -60,7 +79,7 @@ def distributed_trial(config: dict[str, Any]) -> None:
     context = ray.tune.get_context()
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config=worker_config(trial_run_config(config), settings),
+        train_loop_config=worker_config(trial_run_config(config, base_run_config), settings),
         scaling_config=ScalingConfig(
             num_workers=settings.workers_per_trial,
             use_gpu=settings.gpus_per_worker > 0,

@@ -49,19 +49,22 @@ def exploited_from(trial: Trial) -> str | None:
     return donor_id if isinstance(donor_id, str) and donor_id != trial.trial_id else None
 
 
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+def trial_params(
+    config: Mapping[str, Any], base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The params of a Tune trial config: the trial's dotted run config.
 
     A config with a ``run_config`` mapping is a bitsweep trial: ``orchestrator.trials`` owns its
-    layout (scenario overrides, the scenario label). Any other config is flattened whole.
+    layout (the sweep's ``base`` run config under the sampled values, scenario overrides, the
+    scenario label). Any other config is flattened whole.
     """
     if isinstance(config.get(RUN_CONFIG_KEY), Mapping):
         try:
             from .trials import trial_params as bitsweep_trial_params
 
-            return bitsweep_trial_params(dict(config))
+            return bitsweep_trial_params(dict(config), base)
         except (ImportError, KeyError, TypeError):
-            return flatten_config(config[RUN_CONFIG_KEY])
+            return {**(base or {}), **flatten_config(config[RUN_CONFIG_KEY])}
     return flatten_config(config)
 
 

@@ -1,10 +1,16 @@
 """From a sweep's ``search.space`` to a Ray Tune ``param_space``.
 
-Every searched key is a dotted run-config key; a trial's config holds the flat run config under
-:data:`~trainables.trial_settings.RUN_CONFIG_KEY`. A ``scenario`` entry (a grid or choice over
-``{label, set}`` bundles of dotted overrides) lets one axis set several keys at once, like seed
-002's five BR scenarios: Tune samples the label (:data:`SCENARIO_KEY`) and the trial applies the
-label's overrides from the table under :data:`SCENARIOS_KEY` (``orchestrator.trials``).
+Every searched key is a dotted run-config key; a trial's config holds its sampled values under
+:data:`~trainables.trial_settings.RUN_CONFIG_KEY`, and only those: the sweep's base run config is
+the same for every trial, so it travels once with the trainable (``tune.with_parameters``, see
+``orchestrator.trials``) instead of in each trial's config. Tune keeps every trial's config,
+its unresolved copy, a tag made from it and their JSON for the whole sweep: with the base config
+in each (about 100 keys) that was most of the driver's memory per trial (issue 17).
+
+A ``scenario`` entry (a grid or choice over ``{label, set}`` bundles of dotted overrides) lets
+one axis set several keys at once, like seed 002's five BR scenarios: Tune samples the label
+(:data:`SCENARIO_KEY`) and the trial applies the label's overrides from the table under
+:data:`SCENARIOS_KEY` (``orchestrator.trials``).
 
 Ray is imported only when a domain is built, so the spec (``bitsweep validate``) can use the
 scenario helpers without it.
@@ -69,20 +75,18 @@ def scenario_table(dist: SearchDistribution) -> dict[str, dict[str, Any]]:
 
 
 def param_space(
-    base_flat: Mapping[str, Any],
-    space: Mapping[str, SearchDistribution],
-    layers: Sequence[str] = (),
+    space: Mapping[str, SearchDistribution], layers: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Tune's ``param_space``: the flat run config with searched keys replaced by domains.
+    """Tune's ``param_space``: the searched keys' domains (a trial applies them over the base).
 
     A ``per_layer`` distribution becomes ``{layer: choice(values)}``, one dimension per name in
     ``layers`` (the model's quantized layers, see ``orchestrator.mixed_precision``). A scenario
-    axis adds the sampled label and the constant label table. An empty space leaves the base
-    config: every trial runs it.
+    axis adds the sampled label and the constant label table. An empty space samples nothing:
+    every trial runs the base config.
     """
     from ray import tune
 
-    run_config: dict[str, Any] = dict(base_flat)
+    run_config: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, dist in space.items():
         if key == SCENARIO_KEY:

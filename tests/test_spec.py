@@ -32,8 +32,12 @@ def test_every_preset_validates_and_round_trips(preset: str) -> None:
     from orchestrator.mixed_precision import LayerBits, per_layer_keys
 
     names = LayerBits(spec.run).names if per_layer_keys(spec) else ()
-    space = param_space(spec.run.to_flat(), spec.search.space, names)
-    assert set(space["run_config"]) == set(spec.run.to_flat())
+    space = param_space(spec.search.space, names)
+    # a trial's config holds what is sampled for it, each a run-config key (the base travels
+    # with the trainable)
+    sampled = {key for key in spec.search.space if key != "scenario"}
+    assert set(space["run_config"]) == sampled
+    assert sampled <= set(spec.run.to_flat())
 
 
 def test_br_ablation_is_seed_002s_matrix() -> None:
@@ -159,7 +163,7 @@ def test_per_layer_space_expands_to_one_dimension_per_layer() -> None:
 
     spec = load_sweep("mixed-precision")
     layers = LayerBits(spec.run)
-    space = param_space(spec.run.to_flat(), spec.search.space, layers.names)
+    space = param_space(spec.search.space, layers.names)
     per_layer = space["run_config"]["quant.layer_bits"]
     assert sorted(per_layer) == sorted(layers.names) == ["head", "layers.0", "layers.1"]
     assert all(d.categories == [2, 3, 4, 6, 8] for d in per_layer.values())
@@ -168,7 +172,7 @@ def test_per_layer_space_expands_to_one_dimension_per_layer() -> None:
         dict.fromkeys(layers.names, 8)
     )
     with pytest.raises(ValueError, match="layer names"):
-        param_space(spec.run.to_flat(), spec.search.space)
+        param_space(spec.search.space)
 
 
 # ---- overrides meet the search space --------------------------------------------------------
@@ -185,8 +189,10 @@ def test_a_pinned_key_is_one_fixed_value_in_every_trial() -> None:
         "growth.improve_thresh=100 pins a searched key (removed from search.space)",
         "growth.strategy=depth,width pins a searched key (removed from search.space)",
     ]
-    space = param_space(spec.run.to_flat(), spec.search.space)["run_config"]
-    assert space["growth.improve_thresh"] == 100 and space["growth.strategy"] == ["depth", "width"]
+    space = param_space(spec.search.space)["run_config"]
+    base = spec.run.to_flat()  # every trial's, under its sampled values
+    assert base["growth.improve_thresh"] == 100 and base["growth.strategy"] == ["depth", "width"]
+    assert "growth.improve_thresh" not in space and "growth.strategy" not in space
     assert hasattr(space["growth.window"], "sample")  # the rest is still searched
     # overrides that do not touch a searched key say nothing
     assert _notes("scaleup", ["train.steps=10"])[1] == []

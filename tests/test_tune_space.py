@@ -54,7 +54,23 @@ def test_choice_and_grid() -> None:
 
 def test_an_empty_space_is_the_base_config() -> None:
     base = {"train.lr": 0.01, "quant.scheme": "ternary"}
-    assert param_space(base, {}) == {RUN_CONFIG_KEY: base}
+    assert param_space({}) == {RUN_CONFIG_KEY: {}}
+    assert trial_run_config({RUN_CONFIG_KEY: {}}, base) == base
+
+
+def test_a_trial_config_holds_only_its_sampled_values() -> None:
+    # the base is Tune's per-trial cost (config, its unresolved copy, tag, JSON) for the whole
+    # sweep: it travels once with the trainable instead (issue 17)
+    spec = load_sweep("demo")
+    space = param_space(spec.search.space)
+    assert set(space[RUN_CONFIG_KEY]) == set(spec.search.space)
+    base = spec.run.to_flat()
+    sampled = {key: f"sampled {key}" for key in spec.search.space}
+    trial = {RUN_CONFIG_KEY: sampled}
+    assert trial_run_config(trial, base) == {**base, **sampled}  # sampled values win
+    assert trial_params(trial, base) == {**base, **sampled}
+    # a trial saved before the split holds the whole run config: the same result
+    assert trial_run_config({RUN_CONFIG_KEY: dict(base)}, base) == base
 
 
 def test_scenarios_sample_labels_and_carry_their_overrides() -> None:
@@ -62,21 +78,22 @@ def test_scenarios_sample_labels_and_carry_their_overrides() -> None:
     scenario = spec.search.space[SCENARIO_KEY]
     assert is_scenario(scenario)
     assert not is_scenario(spec.search.space["train.seed"])
-    space = param_space(spec.run.to_flat(), spec.search.space)
+    space = param_space(spec.search.space)
     labels = scenario_labels(scenario)
     assert space[SCENARIO_KEY] == {"grid_search": labels}
     assert set(space[SCENARIOS_KEY]) == set(labels)
     assert space[RUN_CONFIG_KEY]["train.seed"] == {"grid_search": [0, 1, 2]}
     # one resolved trial: its label's overrides win over the base config
     trial: dict[str, Any] = {
-        RUN_CONFIG_KEY: {**spec.run.to_flat(), "train.seed": 1},
+        RUN_CONFIG_KEY: {"train.seed": 1},
         SCENARIO_KEY: "no BR",
         SCENARIOS_KEY: space[SCENARIOS_KEY],
     }
-    flat = trial_run_config(trial)
+    flat = trial_run_config(trial, spec.run.to_flat())
     assert flat["loss.freeze_alpha"] is False and flat["loss.lambda_br_act"] == 0.0
-    assert trial_params(trial)[SCENARIO_KEY] == "no BR"
-    a_only = trial_run_config({**trial, SCENARIO_KEY: "A-only"})
+    assert flat["train.seed"] == 1
+    assert trial_params(trial, spec.run.to_flat())[SCENARIO_KEY] == "no BR"
+    a_only = trial_run_config({**trial, SCENARIO_KEY: "A-only"}, spec.run.to_flat())
     assert a_only["loss.lambda_br_act"] == 1.0
 
 
@@ -108,6 +125,6 @@ def test_the_mapping_imports_ray_only_when_it_builds_domains() -> None:
 def test_per_layer_needs_layer_names() -> None:
     spec = load_sweep("mixed-precision")
     with pytest.raises(ValueError, match="layer names"):
-        param_space(spec.run.to_flat(), spec.search.space)
-    space = param_space(spec.run.to_flat(), spec.search.space, ["a", "b"])
+        param_space(spec.search.space)
+    space = param_space(spec.search.space, ["a", "b"])
     assert set(space[RUN_CONFIG_KEY]["quant.layer_bits"]) == {"a", "b"}
