@@ -3,11 +3,12 @@
 A diagnostic, not a benchmark: runs ``bitsweep run demo`` in this process with ``--trials`` tiny
 trials (two at a time), takes a tracemalloc snapshot after the ``--first``-th and the
 ``--last``-th finished trial, and prints the driver's RSS at both, the Python heap's growth
-between them and its largest sources (by file, then by call stack). tracemalloc's own
-bookkeeping inflates the RSS figures; compare the heap growth with
+between them and its largest sources (by file, then by call stack), and the RSS growth once
+glibc's free heap pages are handed back (``malloc_trim``: what is left is not fragmentation).
+tracemalloc's own bookkeeping inflates the RSS figures; compare the heap growth with
 ``benchmarks/bench_sweep_load.py``'s RSS slope, measured without it.
 
-Run: ``python -m benchmarks.probe_driver_heap [--trials 75 --first 20 --last 70]``.
+Run: ``python -m benchmarks.probe_driver_heap [--trials 75 --first 20 --last 70] [--rss-only]``.
 """
 
 from __future__ import annotations
@@ -29,15 +30,34 @@ def _rss_mib() -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
+def _malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: free heap pages back to the system; False without glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+    except OSError:
+        return False
+    return trim is not None and trim(0) >= 0
+
+
 def main() -> None:
     """Run the sweep with the probe attached and print where the heap grew."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=75)
     parser.add_argument("--first", type=int, default=20)
     parser.add_argument("--last", type=int, default=70)
+    parser.add_argument(
+        "--rss-only", action="store_true",
+        help="no tracemalloc (its bookkeeping swamps the RSS): RSS growth with and without "
+        "malloc_trim only",
+    )  # fmt: skip
     args = parser.parse_args()
-    tracemalloc.start(4)
+    if not args.rss_only:
+        tracemalloc.start(4)
     snaps: dict[int, tuple[Any, float]] = {}
+    trimmed: dict[int, float] = {}  # RSS once glibc's free pages are handed back
 
     from ray.tune import Callback
 
@@ -51,7 +71,10 @@ def main() -> None:
             Probe.finished += 1
             if Probe.finished in (args.first, args.last):
                 gc.collect()
-                snaps[Probe.finished] = (tracemalloc.take_snapshot(), _rss_mib())
+                heap = None if args.rss_only else tracemalloc.take_snapshot()
+                snaps[Probe.finished] = (heap, _rss_mib())
+                if _malloc_trim():
+                    trimmed[Probe.finished] = _rss_mib()
 
     plain = runner._callbacks
     runner._callbacks = lambda spec, tracker, stream: [*plain(spec, tracker, stream), Probe()]
@@ -65,10 +88,17 @@ def main() -> None:
     finally:
         runner._callbacks = plain
     (first, rss_first), (last, rss_last) = snaps[args.first], snaps[args.last]
-    per_trial = (rss_last - rss_first) / (args.last - args.first)
-    growth = sum(s.size_diff for s in last.compare_to(first, "filename")) / 2**20
+    trials = args.last - args.first
+    per_trial = (rss_last - rss_first) / trials * 1024
     print(f"driver RSS: {rss_first:.0f} MiB after trial {args.first}, {rss_last:.0f} MiB after "
-          f"trial {args.last} ({per_trial:.2f} MiB/trial, tracemalloc included)")  # fmt: skip
+          f"trial {args.last} ({per_trial:.0f} KiB/trial"
+          f"{'' if args.rss_only else ', tracemalloc included'})")  # fmt: skip
+    if len(trimmed) == 2:
+        kept = (trimmed[args.last] - trimmed[args.first]) / trials * 1024
+        print(f"after malloc_trim at both: {kept:.0f} KiB/trial (the rest was fragmentation)")
+    if args.rss_only:
+        return
+    growth = sum(s.size_diff for s in last.compare_to(first, "filename")) / 2**20
     print(f"Python heap growth between them: {growth:.2f} MiB "
           f"({growth * 1024 / (args.last - args.first):.0f} KiB/trial)")  # fmt: skip
     for stat in last.compare_to(first, "filename")[:15]:
