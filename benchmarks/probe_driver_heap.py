@@ -3,8 +3,9 @@
 A diagnostic, not a benchmark: runs ``bitsweep run demo`` in this process with ``--trials`` tiny
 trials (two at a time), takes a tracemalloc snapshot after the ``--first``-th and the
 ``--last``-th finished trial, and prints the driver's RSS at both, the Python heap's growth
-between them and its largest sources (by file, then by call stack), and the RSS growth once
-glibc's free heap pages are handed back (``malloc_trim``: what is left is not fragmentation).
+between them and its largest sources (by file, then by call stack). With ``--rss-only`` (no
+tracemalloc) it prints the RSS growth with and without glibc's free heap pages handed back
+(``malloc_trim``: what a trim returns was fragmentation).
 tracemalloc's own bookkeeping inflates the RSS figures; compare the heap growth with
 ``benchmarks/bench_sweep_load.py``'s RSS slope, measured without it.
 
@@ -73,7 +74,8 @@ def main() -> None:
                 gc.collect()
                 heap = None if args.rss_only else tracemalloc.take_snapshot()
                 snaps[Probe.finished] = (heap, _rss_mib())
-                if _malloc_trim():
+                # with tracemalloc on, its bookkeeping swamps what a trim hands back
+                if args.rss_only and _malloc_trim():
                     trimmed[Probe.finished] = _rss_mib()
 
     plain = runner._callbacks
@@ -100,7 +102,7 @@ def main() -> None:
         return
     growth = sum(s.size_diff for s in last.compare_to(first, "filename")) / 2**20
     print(f"Python heap growth between them: {growth:.2f} MiB "
-          f"({growth * 1024 / (args.last - args.first):.0f} KiB/trial)")  # fmt: skip
+          f"({growth * 1024 / trials:.0f} KiB/trial)")  # fmt: skip
     for stat in last.compare_to(first, "filename")[:15]:
         print(stat)
     print("---- by call stack")
