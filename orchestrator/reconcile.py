@@ -27,6 +27,9 @@ from ray.tune.search.optuna import OptunaSearch
 log = logging.getLogger(__name__)
 
 RECONCILED_ATTR = "bitsweep.reconciled"
+# in a saved searcher's state when its study was left out (read back from its storage): the
+# storage ids of the Optuna trials it had running, by Tune trial id
+SAVED_TRIAL_IDS = "_bitsweep_saved_trial_ids"
 
 
 @dataclass
@@ -66,16 +69,19 @@ def reconcile_searcher(searcher: OptunaSearch) -> Reconciled:
 
     result = Reconciled()
     storage = getattr(searcher, "_storage", None)
-    if storage is None or searcher._ot_study is None:
+    saved_ids: dict[str, int] | None = searcher.__dict__.pop(SAVED_TRIAL_IDS, None)
+    if storage is None or (searcher._ot_study is None and saved_ids is None):
         return result
+    if saved_ids is None:
+        saved_ids = {trial_id: t._trial_id for trial_id, t in searcher._ot_trials.items()}
     # The unpickled study's cache holds trial states as of Tune's snapshot: read them afresh.
     study = optuna.load_study(
         study_name=searcher._study_name, storage=storage, sampler=searcher._sampler
     )
     by_storage_id: dict[int, str] = {}
-    for trial_id, old in list(searcher._ot_trials.items()):
-        searcher._ot_trials[trial_id] = optuna.trial.Trial(study, old._trial_id)
-        by_storage_id[old._trial_id] = trial_id
+    for trial_id, storage_id in saved_ids.items():
+        searcher._ot_trials[trial_id] = optuna.trial.Trial(study, storage_id)
+        by_storage_id[storage_id] = trial_id
     for frozen in study.get_trials(deepcopy=False):
         trial_id = by_storage_id.get(frozen._trial_id)
         told = trial_id in searcher._completed_trials
@@ -99,6 +105,26 @@ class ReconcilingOptunaSearch(OptunaSearch):
     Reports and completions of a trial the study has already finished are dropped quietly (Tune
     replays them when it reruns a trial the study counted before a kill).
     """
+
+    def save(self, checkpoint_path: str) -> None:
+        """Pickle the searcher as Tune's ``OptunaSearch`` does, leaving out a stored study.
+
+        Tune saves the searcher at every experiment snapshot; its study (also reached through
+        each running ``optuna.Trial``) carries Optuna's cache of every trial, so the file, and
+        the time to write it, grew with the sweep, while :meth:`restore` reads the study afresh
+        from its storage anyway (issue 17). The running trials are saved as their storage ids.
+        """
+        import pickle
+
+        state = self.__dict__.copy()
+        if state.get("_storage") is not None and state.get("_ot_study") is not None:
+            state["_ot_study"] = None
+            state["_ot_trials"] = {}
+            state[SAVED_TRIAL_IDS] = {
+                trial_id: trial._trial_id for trial_id, trial in self._ot_trials.items()
+            }
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(state, file)
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore the searcher, then reconcile it with the study in its storage."""

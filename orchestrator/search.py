@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from orchestrator.reconcile import ReconcilingOptunaSearch
-from orchestrator.study import ReadableStudy
+from orchestrator.study import ReadableStudy, forget_run
 
 STEP_KEY = "step"
 
@@ -170,13 +170,25 @@ class StudySearch(ReadableStudy, ReconcilingOptunaSearch):
         # trial at max_t): report it here so every trial's history is whole
         if not error and result:
             self.report(trial_id, result)
-        if not stopped_early:
-            self._reported.pop(trial_id, None)
-            super().on_trial_complete(trial_id, result, error)
-            return
         self._reported.pop(trial_id, None)
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+        if stopped_early:
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+        else:
+            super().on_trial_complete(trial_id, result, error)
+        if trial_id in self._completed_trials:
+            self._forget(trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        """Let go of a told trial's ``optuna.Trial`` and run link (issue 17: a flat driver).
+
+        The study keeps the finished trial (TPE reads it there); nothing asks the handle again:
+        every hook checks ``_completed_trials`` first, and a resume's reconciliation needs only
+        the trials not yet told. The searcher's state, pickled at each Tune snapshot, stays the
+        size of the running trials instead of growing with the sweep.
+        """
+        self._ot_trials.pop(trial_id, None)
+        forget_run(trial_id)
 
 
 def prune_running(db: Path, study_name: str) -> list[int]:

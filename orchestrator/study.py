@@ -25,11 +25,22 @@ _ACTIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def link_run(trial_id: str, run_id: str) -> None:
     """Record ``trial_id``'s MLflow run and store it on its Optuna trial (user attribute
-    ``mlflow_run_id``) while that trial is still running (Optuna freezes finished trials)."""
+    ``mlflow_run_id``) while that trial is still running (Optuna freezes finished trials).
+
+    Kept only while a study searcher runs in this process (a random or grid search has no study
+    to link, and would only grow the table); the searcher drops the link once it tells the trial.
+    """
+    if not _ACTIVE:
+        return
     RUN_IDS[trial_id] = run_id
     for searcher in list(_ACTIVE):
         with contextlib.suppress(Exception):  # a study that refuses must not stop the sweep
             searcher._link(trial_id)
+
+
+def forget_run(trial_id: str) -> None:
+    """Drop ``trial_id``'s link once its Optuna trial is finished (it can no longer change)."""
+    RUN_IDS.pop(trial_id, None)
 
 
 class ReadableStudy:

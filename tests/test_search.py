@@ -101,3 +101,45 @@ def test_pruner_prunes_a_clearly_worse_trial(tmp_path: Path, kind: str) -> None:
         searcher.report("bad", {"val/loss": 50.0, "step": step})
         decisions.append(searcher.should_prune("bad"))
     assert any(decisions)
+
+
+def test_told_trials_are_let_go_and_the_searcher_state_stays_flat(tmp_path: Path) -> None:
+    """Issue 17: the searcher keeps no handle on a trial the study has been told about (its
+    state, pickled at every Tune snapshot, grew with the sweep); the study keeps them all,
+    replayed reports are ignored and a restored searcher samples on."""
+    from orchestrator.study import RUN_IDS, link_run
+
+    searcher = _searcher(tmp_path, total_steps=100)
+    searcher.suggest("long")  # runs throughout: its optuna.Trial reaches the study's cache
+    sizes = []
+    for i in range(24):
+        trial_id = f"t{i}"
+        searcher.suggest(trial_id)
+        link_run(trial_id, f"run-{i}")
+        _report(searcher, trial_id, [50], [1.0 + i])
+        end = [
+            ({"val/loss": 1.0, "step": 100}, False),  # COMPLETE
+            ({"val/loss": 2.0, "step": 50}, False),  # PRUNED (stopped early)
+            (None, True),  # FAIL
+        ][i % 3]
+        searcher.on_trial_complete(trial_id, *end)
+        assert searcher.optuna_trial(trial_id) is None and trial_id not in RUN_IDS
+        searcher.save(str(tmp_path / "searcher.pkl"))
+        sizes.append((tmp_path / "searcher.pkl").stat().st_size)
+    assert sizes[-1] - sizes[2] < 24 * 20, sizes  # the told trials' ids only, not their trials
+    _report(searcher, "t0", [75], [0.5])  # Tune replays a told trial's result: ignored
+    searcher.on_trial_complete("t0", {"val/loss": 0.5, "step": 100})
+    states = [t.state.name for t in searcher.study.trials]
+    assert states.count("COMPLETE") == states.count("PRUNED") == states.count("FAIL") == 8
+
+    searcher.suggest("running")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = _searcher(tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert set(restored._ot_trials) == {"long", "running"}
+    _report(restored, "long", [75], [0.7])
+    restored.on_trial_complete("long", {"val/loss": 0.6, "step": 100})
+    restored.on_trial_complete("running", {"val/loss": 0.1, "step": 100})
+    assert restored.suggest("next") is not None
+    trials = {t.number: t for t in restored.study.trials}
+    assert len(trials) == 27 and trials[0].value == 0.6 and trials[0].intermediate_values[75] == 0.7
