@@ -39,6 +39,8 @@ from .trial_tracking import (
     last_logged_step,
     log_growth_events,
     log_params,
+    params_view,
+    release_artifact_repo,
     storage_filesystem,
     update_best,
     upload_checkpoint,
@@ -114,6 +116,7 @@ class SweepTracker:
         self._client: MlflowClient | None = None
         self._trials: dict[str, TrialRun] = {}
         self._existing: dict[str, Run] = {}  # child runs found in MLflow, not yet touched
+        self._param_base: dict[str, Any] = {}  # the params trials share (params_view)
 
     @classmethod
     def for_sweep(cls, spec: Any, uri: str | None = None, **kwargs: Any) -> SweepTracker:
@@ -248,16 +251,24 @@ class SweepTracker:
             }
             run_name = child_run_name(params, searched_keys(self.search_space), trial_id)
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-            record = TrialRun(trial_id, run.info.run_id, params)
+            record = TrialRun(trial_id, run.info.run_id, self._params_view(params))
             log_params(self.client, record.run_id, params, {})
         else:
-            record = TrialRun(trial_id, found.info.run_id, params, full_history=False)
+            record = TrialRun(
+                trial_id, found.info.run_id, self._params_view(params), full_history=False
+            )
             record.last_step = last_logged_step(self.client, found)
             record.status = found.data.tags.get(layout.TAG_STATUS, layout.RUNNING)
             log_params(self.client, record.run_id, params, found.data.params)
         self._trials[trial_id] = record
         link_run(trial_id, record.run_id)  # the Optuna trial's mlflow_run_id (orchestrator.study)
         return record
+
+    def _params_view(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A trial's params over the ones the sweep's trials share (kept once)."""
+        if not hasattr(self, "_param_base"):  # unpickled from a tuner.pkl of an older version
+            self._param_base = {}
+        return params_view(params, self._param_base)
 
     def _set_status(
         self, record: TrialRun, status: str, run_status: str, error: str | None = None
@@ -275,7 +286,8 @@ class SweepTracker:
         step on, even at steps the run already holds (MLflow keeps both lineages' values).
         """
         record = self._trial(trial_id, params)
-        record.params = dict(params) or record.params
+        if params:
+            record.params = self._params_view(params)
         record.stop_seen = False
         if exploited_from is not None:
             record.rewound = True
@@ -347,6 +359,7 @@ class SweepTracker:
         self._set_status(record, status, "FINISHED")
         mark_trial_state(self.client, record.run_id, self._run_name(record), status,
                          record.last_step, record.params.get("train.steps"))  # fmt: skip
+        release_artifact_repo(record.run_id)
         return status
 
     def trial_failed(self, trial_id: str, error: str, details: str | None = None) -> None:
@@ -361,6 +374,7 @@ class SweepTracker:
         self._set_status(record, layout.FAILED, "FAILED", reason)
         mark_trial_state(self.client, record.run_id, self._run_name(record), layout.FAILED,
                          record.last_step, None, reason)  # fmt: skip
+        release_artifact_repo(record.run_id)
 
     def _run_name(self, record: TrialRun) -> str:
         """The child run's name from its searched values (orchestrator.naming)."""

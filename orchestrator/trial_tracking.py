@@ -11,7 +11,8 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections import ChainMap
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ class TrialRun:
 
     trial_id: str
     run_id: str
-    params: dict[str, Any] = field(default_factory=dict)  # as given, typed
+    params: Mapping[str, Any] = field(default_factory=dict)  # as given, typed (params_view)
     last_step: int = -1  # the highest step already in MLflow
     full_history: bool = True  # False when reused: steps before this process are not in `best`
     best: dict[str, float] = field(default_factory=dict)
@@ -66,6 +67,54 @@ class TrialRun:
             return planned is None or self.last_step < int(planned)
         except (TypeError, ValueError):
             return True
+
+
+def params_view(params: Mapping[str, Any], base: dict[str, Any]) -> Mapping[str, Any]:
+    """``params`` kept as the values that differ from ``base`` over a shared ``base``.
+
+    A sweep's trials share most of their ~100 params (the base run config) and differ in the
+    few sampled ones; the tracker keeps every trial's params for the whole sweep, so it keeps
+    each only once (issue 17: a flat driver). An empty ``base`` is filled from ``params`` (the
+    first trial's). Params that lack a key of ``base`` are kept whole: a view would show the
+    base's value for it. Values equal in type and value are shared (``1`` is not ``1.0``).
+    """
+    if not params:
+        return {}
+    if not base:
+        base.update(params)
+    if not base.keys() <= params.keys():
+        return dict(params)
+    own = {
+        key: value
+        for key, value in params.items()
+        if key not in base or type(base[key]) is not type(value) or base[key] != value
+    }
+    return ChainMap(own, base)
+
+
+def release_artifact_repo(run_id: str) -> None:
+    """Drop MLflow's cached artifact repository of an ended run (issue 17: a flat driver).
+
+    ``MlflowClient`` caches a repository per run it wrote artifacts to, each with a thread pool
+    and an async-logging queue, for up to 1,024 runs per process: an ended trial's run is not
+    written again (a restarted trial's next write builds a new one). Pending async writes are
+    flushed first. A no-op where MLflow keeps no such cache.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if not isinstance(cache, MutableMapping):
+        return
+    repo = cache.pop(run_id, None)
+    if repo is None:
+        return
+    try:
+        repo.flush_async_logging()
+    except Exception as err:  # the write itself failed: MLflow's own warning names it
+        log.warning("artifact upload of run %s did not finish: %s", run_id, err)
+    pool = getattr(repo, "thread_pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 def new_params(params: Mapping[str, Any], logged: Mapping[str, str]) -> dict[str, str]:
