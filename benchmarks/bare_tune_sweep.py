@@ -11,6 +11,7 @@ Run (by the benchmark): ``python -m benchmarks.bare_tune_sweep TRIALS STORAGE_DI
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -19,14 +20,18 @@ from typing import Any
 
 
 def tiny_trial(config: dict[str, Any]) -> None:
-    """Two evaluations with a checkpoint each, about as long as a tiny bitsweep trial."""
+    """Two evaluations with a checkpoint each (none with ``BARE_NO_CHECKPOINT=1``), about as
+    long as a tiny bitsweep trial."""
     from ray import tune
 
     for step in (10, 20):
         time.sleep(0.1)
+        loss = (config["lr"] - 0.003) ** 2 + config["warmup"] / step
+        if os.environ.get("BARE_NO_CHECKPOINT") == "1":
+            tune.report({"val/loss": loss, "step": step})
+            continue
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "model.pt").write_bytes(b"\0" * 4096)
-            loss = (config["lr"] - 0.003) ** 2 + config["warmup"] / step
             tune.report(
                 {"val/loss": loss, "step": step},
                 checkpoint=tune.Checkpoint.from_directory(folder),
@@ -37,6 +42,7 @@ def main() -> None:
     """Run the baseline sweep of ``argv[1]`` trials under the folder ``argv[2]``."""
     import ray
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
     trials, storage = int(sys.argv[1]), Path(sys.argv[2]).resolve()
@@ -54,7 +60,9 @@ def main() -> None:
             tiny_trial,
             param_space={"lr": tune.loguniform(1e-4, 1e-2), "warmup": tune.uniform(0, 1)},
             tune_config=tune.TuneConfig(
-                search_alg=OptunaSearch(metric="val/loss", mode="min", seed=0),
+                search_alg=BasicVariantGenerator(max_concurrent=2)
+                if os.environ.get("BARE_RANDOM") == "1"
+                else OptunaSearch(metric="val/loss", mode="min", seed=0),
                 num_samples=trials,
                 max_concurrent_trials=2,
             ),
