@@ -285,8 +285,9 @@ class SweepTracker:
         checkpoint: the run is tagged with it and its next results are logged from the donor's
         step on, even at steps the run already holds (MLflow keeps both lineages' values).
         """
+        known = trial_id in self._trials
         record = self._trial(trial_id, params)
-        if params:
+        if params and known:  # restarted (a retry, a PBT exploit): its params may have changed
             record.params = self._params_view(params)
         record.stop_seen = False
         if exploited_from is not None:
