@@ -153,7 +153,7 @@ def main() -> None:
     sweep = sample_driver(command, log, root, env)
     (root / "bare").mkdir()
     bare = run_baseline(args.trials, root / "bare")
-    proc, wall, samples = sweep, sweep.wall, sweep.samples
+    wall, samples = sweep.wall, sweep.samples
     output = log.read_text()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("bitsweep")
@@ -181,7 +181,7 @@ def main() -> None:
     bare_text = "n/a" if bare_slope is None else f"{bare_slope:+.1f}"
     own = None if slope is None or bare_slope is None else (slope - bare_slope) * 1024 / 100
     payload = {
-        "trials": args.trials, "exit_code": proc.returncode, "wall_s": round(wall, 1),
+        "trials": args.trials, "exit_code": sweep.returncode, "wall_s": round(wall, 1),
         "finished_runs": len(finished), "child_runs": len(children),
         "runs_left_running": len(running), "runs_with_missing_or_duplicate_steps": bad_steps,
         "lock_errors": output.count("database is locked"),
@@ -201,7 +201,7 @@ def main() -> None:
     payload["markdown"] = "\n".join([
         "## Load: a sweep of many tiny trials", "",
         f"{args.trials} trials of the tiny demo model, two at a time (TPE on the Optuna sqlite "
-        f"storage), in {wall:.0f} s: exit {proc.returncode}, {len(finished)} finished child "
+        f"storage), in {wall:.0f} s: exit {sweep.returncode}, {len(finished)} finished child "
         f"runs, {len(running)} left RUNNING, {bad_steps} with a missing or duplicate step, "
         f"{payload['lock_errors']} sqlite lock errors. Driver RSS: {base:.0f} MiB over the "
         f"first tenth, {payload['driver_rss_mb_last_tenth_mean']} MiB over the last, peak "
